@@ -1,0 +1,3 @@
+"""hero-features: per-clip video features faithful to the HERO reference extractor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,359 @@
+"""Gather videos into per-model csv manifests, read manifests back, and tell finished outputs.
+
+Layout: ``OUT/<model>_features/<video path relative to the video root, extension -> .npz>``,
+and ``OUT/csv/<model>_info.csv`` with the header ``video_path,feature_path``.
+
+Differences from the reference's ``gather_video_paths.py`` (REFERENCE.md 1.1, bugs 24-25):
+
+- Sub-folders are mirrored instead of flattened, and any two videos that still share an
+  output (``a/x.mp4`` and ``a/x.webm``) stop the gather with an error naming both, before
+  anything is written.
+- Every common FFmpeg container is collected (``.mkv``, ``.m4v``, ``.ts`` ... too).
+- Rows are sorted, so two gathers of the same tree give the same csv.
+- Entries whose name starts with ``.`` are skipped, at any depth below the root: macOS
+  writes ``._clip.mp4`` AppleDouble files next to every video on non-Apple disks, which have
+  a video extension but are not videos; hidden folders (``.git``, ``.Trash-1000``,
+  ``.cache``) hold no corpus videos either.
+- Symlinks to files are collected; symlinks to directories are not followed (no loops, no
+  videos counted twice), like ``os.walk``. An unreadable directory raises instead of being
+  skipped silently, so a gather never quietly drops part of a corpus.
+- The csv is quoted with the ``csv`` module and written atomically.
+- An output counts as done only when it holds a complete float16 ``(N, dim)`` array, not
+  merely when the file exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import secrets
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CSV_HEADER",
+    "VIDEO_EXTENSIONS",
+    "ManifestError",
+    "OutputCollisionError",
+    "Row",
+    "csv_path",
+    "feature_path",
+    "find_videos",
+    "gather",
+    "is_complete",
+    "plan_rows",
+    "read_csv",
+    "write_csv",
+]
+
+_REFERENCE_EXTENSIONS = (
+    ".webm .mpg .mpeg .mpv .ogg .mp4 .m4p .avi .wmv .qt .mov .flv .swf"
+)
+# Audio-only, image and raw elementary-stream formats (.gif, .yuv, .h264) are left out: they
+# either carry no video or cannot be decoded without extra parameters.
+_MORE_EXTENSIONS = (
+    ".mkv .mk3d .m4v .ts .mts .m2ts .m2t .trp .3gp .3g2 .ogv .ogm .vob .mod .tod .divx .f4v"
+    " .asf .rm .rmvb .dv .mxf .y4m .m1v .m2v .mpe .nut .wtv .ivf .amv"
+)
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    _REFERENCE_EXTENSIONS.split() + _MORE_EXTENSIONS.split()
+)
+
+CSV_HEADER = ("video_path", "feature_path")
+_FEATURES_MEMBER = "features.npy"
+
+
+class ManifestError(ValueError):
+    """A csv manifest that cannot be read as ``video_path,feature_path`` rows."""
+
+
+class OutputCollisionError(ValueError):
+    """Two or more videos would write the same feature file."""
+
+    def __init__(self, collisions: Sequence[tuple[Path, Path, Path]]):
+        self.collisions = list(collisions)
+        super().__init__(_describe_collisions(self.collisions))
+
+
+def _describe_collisions(collisions: Sequence[tuple[Path, Path, Path]], shown: int = 10) -> str:
+    lines = [
+        f"  '{first}' and '{second}' -> '{output}'"
+        for first, second, output in collisions[:shown]
+    ]
+    if len(collisions) > shown:
+        lines.append(f"  ... and {len(collisions) - shown} more")
+    return (
+        f"{len(collisions)} output collision(s): these videos would write the same feature "
+        "file; rename or move one of each pair:\n" + "\n".join(lines)
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    video_path: Path
+    feature_path: Path
+
+
+# --- finding videos -------------------------------------------------------------------------
+
+def _is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def find_videos(root: Path) -> list[Path]:
+    """Every video file under ``root``, recursively, sorted; see the module doc for the rules."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"video root is not a directory: '{root}'")
+    videos: list[Path] = []
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file() and _is_video_name(entry.name):
+                    videos.append(Path(entry.path))
+    return sorted(videos)
+
+
+# --- planning outputs -----------------------------------------------------------------------
+
+def feature_path(video: Path, video_root: Path, output_dir: Path, model: str) -> Path:
+    """Where ``model``'s features for ``video`` go: the video's place under the root, mirrored."""
+    _check_model_id(model)
+    relative = _relative_to_root(Path(video), Path(video_root))
+    return Path(output_dir) / f"{model}_features" / relative.with_suffix(".npz")
+
+
+def _check_model_id(model: str) -> None:
+    # The id becomes a folder name; a separator or dot-name would write outside output_dir.
+    if not model or model in {".", ".."} or "/" in model or os.sep in model:
+        raise ValueError(f"invalid model id: {model!r}")
+
+
+def _relative_to_root(video: Path, video_root: Path) -> Path:
+    # Lexical normalisation only: resolving symlinks would push a linked video "outside" the
+    # root it was found in.
+    absolute_video = Path(os.path.abspath(video))
+    absolute_root = Path(os.path.abspath(video_root))
+    try:
+        relative = absolute_video.relative_to(absolute_root)
+    except ValueError:
+        raise ValueError(f"video '{video}' is not inside the video root '{video_root}'") from None
+    if not relative.parts:
+        raise ValueError(f"video path '{video}' is the video root itself")
+    return relative
+
+
+def plan_rows(
+    videos: Iterable[Path], video_root: Path, output_dir: Path, model: str
+) -> list[Row]:
+    """One row per video, in the given order; raises if two videos share an output."""
+    rows: list[Row] = []
+    owner_of: dict[str, Path] = {}
+    collisions: list[tuple[Path, Path, Path]] = []
+    for video in videos:
+        video = Path(video)
+        output = feature_path(video, video_root, output_dir, model)
+        # normcase: on a case-insensitive file system X.npz and x.npz are one file.
+        key = os.path.normcase(str(output))
+        owner = owner_of.get(key)
+        if owner is None:
+            owner_of[key] = video
+            rows.append(Row(video, output))
+        elif owner != video:  # the same video listed twice is still one row
+            collisions.append((owner, video, output))
+    if collisions:
+        raise OutputCollisionError(collisions)
+    return rows
+
+
+# --- csv files ------------------------------------------------------------------------------
+
+def csv_path(output_dir: Path, model: str) -> Path:
+    return Path(output_dir) / "csv" / f"{model}_info.csv"
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> None:
+    """Write a manifest atomically: readers see the old file or the whole new one."""
+    path = Path(path)
+    lines = [CSV_HEADER] + [
+        (_csv_field(row.video_path), _csv_field(row.feature_path)) for row in rows
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _create_temporary_sibling(path)
+    try:
+        # surrogateescape: file names that are not valid UTF-8 keep their exact bytes.
+        with open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+            _write_lines(out, lines)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write_lines(out, lines: list[tuple[str, str]]) -> None:
+    # QUOTE_MINIMAL leaves a bare "\r" unquoted when the line terminator is "\n", and a reader
+    # then splits the row there; such rows are quoted whole.
+    plain = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for line in lines:
+        (quoted if any("\r" in field for field in line) else plain).writerow(line)
+
+
+def _csv_field(path: Path) -> str:
+    # read_csv strips whitespace around fields (for hand-written reference csvs), so a field
+    # must not begin or end with whitespace. A leading space only happens in a relative path,
+    # where "./" keeps the same path; trailing whitespace would end the extension, so no
+    # gathered video or feature path has it.
+    text = str(path)
+    if text != text.rstrip():
+        raise ValueError(f"path ends with whitespace, which a manifest cannot hold: {text!r}")
+    if text != text.lstrip():
+        text = os.curdir + os.sep + text
+    return text
+
+
+def _create_temporary_sibling(path: Path) -> Path:
+    # Same directory, so os.replace is a rename on one file system. Created with os.open (not
+    # mkstemp) so the final file gets the usual umask permissions rather than 0600.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return temporary
+
+
+def read_csv(path: Path) -> list[Row]:
+    """Read our manifests and the reference's (unquoted, or with ``", "`` as in its README).
+
+    Whitespace around every field is stripped, which is what makes the README's ``", "`` style
+    work; a path that really begins or ends with whitespace cannot be listed (write_csv writes
+    ``./ name`` for the one case that occurs). Blank lines are skipped, a UTF-8 BOM is ignored,
+    and the first non-blank row must be the header ``video_path,feature_path``.
+    """
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as source:
+        records = csv.reader(source, skipinitialspace=True)
+        rows: list[Row] = []
+        header_seen = False
+        try:
+            for record in records:
+                fields = [field.strip() for field in record]
+                if not any(fields):
+                    continue
+                if not header_seen:
+                    _check_header(fields, path, records.line_num)
+                    header_seen = True
+                    continue
+                rows.append(_row_from_fields(fields, path, records.line_num))
+        except csv.Error as error:
+            raise ManifestError(f"{path}, line {records.line_num}: {error}") from None
+    if not header_seen:
+        raise ManifestError(f"{path}: empty manifest, expected the header {','.join(CSV_HEADER)}")
+    return rows
+
+
+def _check_header(fields: list[str], path: Path, line: int) -> None:
+    if tuple(fields) != CSV_HEADER:
+        raise ManifestError(
+            f"{path}, line {line}: expected the header {','.join(CSV_HEADER)}, "
+            f"got {','.join(fields)}"
+        )
+
+
+def _row_from_fields(fields: list[str], path: Path, line: int) -> Row:
+    if len(fields) != len(CSV_HEADER):
+        raise ManifestError(
+            f"{path}, line {line}: expected 2 fields (video_path,feature_path), got "
+            f"{len(fields)}; a path containing a comma must be quoted"
+        )
+    if not all(fields):
+        raise ManifestError(f"{path}, line {line}: empty path")
+    return Row(Path(fields[0]), Path(fields[1]))
+
+
+# --- finished outputs -----------------------------------------------------------------------
+
+def is_complete(path: Path, dim: int) -> bool:
+    """True when ``path`` is a finished output: a whole ``.npz``, float16 ``features (N, dim)``.
+
+    Only the zip directory and the array header are read, never the data, so checking a
+    million outputs stays cheap. Any error (missing, not a zip, cut short, unreadable) is False.
+    """
+    try:
+        return _holds_complete_features(Path(path), dim)
+    except Exception:
+        return False
+
+
+def _holds_complete_features(path: Path, dim: int) -> bool:
+    # Outputs are written as temporaries and renamed into place, so anything not named .npz
+    # (x.npz.tmp) is an unfinished write even if its bytes look whole.
+    if path.suffix != ".npz":
+        return False
+    # A zip's directory is written last, at its end, and opening a member checks the member's
+    # own header: a file cut short or missing a middle piece fails here.
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo(_FEATURES_MEMBER)
+        with archive.open(member) as array_file:
+            shape, dtype, data_offset = _read_npy_header(array_file)
+        return (
+            _is_float16(dtype)
+            and len(shape) == 2
+            and shape[1] == dim
+            # The header's shape must account for exactly the bytes stored after it.
+            and member.file_size == data_offset + math.prod(shape) * dtype.itemsize
+        )
+
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _read_npy_header(array_file) -> tuple[tuple[int, ...], np.dtype, int]:
+    # Versions 1 and 2 are the only ones numpy writes for a plain float array; an unknown
+    # version raises KeyError, which is_complete turns into False.
+    version = np.lib.format.read_magic(array_file)
+    shape, _fortran_order, dtype = _NPY_HEADER_READERS[version](array_file)
+    return shape, dtype, array_file.tell()
+
+
+def _is_float16(dtype: np.dtype) -> bool:
+    # Either byte order: np.load returns the right values for both.
+    return dtype.kind == "f" and dtype.itemsize == 2
+
+
+# --- the gather step ------------------------------------------------------------------------
+
+def gather(
+    video_root: Path, output_dir: Path, models: Sequence[str], dims: Mapping[str, int]
+) -> dict[str, Path]:
+    """Write ``OUT/csv/<model>_info.csv`` per model, listing the videos still to extract.
+
+    Every model is planned before any csv is written, so a collision or an unknown model
+    leaves the output folder untouched.
+    """
+    video_root, output_dir = Path(video_root), Path(output_dir)
+    models = list(dict.fromkeys(models))
+    missing_dims = [model for model in models if model not in dims]
+    if missing_dims:
+        raise KeyError(f"no feature dimension given for model(s): {', '.join(missing_dims)}")
+    videos = find_videos(video_root)
+    plans = {model: plan_rows(videos, video_root, output_dir, model) for model in models}
+    written: dict[str, Path] = {}
+    for model, rows in plans.items():
+        pending = [row for row in rows if not is_complete(row.feature_path, dims[model])]
+        written[model] = csv_path(output_dir, model)
+        write_csv(pending, written[model])
+    return written

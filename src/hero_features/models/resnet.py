@@ -1,0 +1,71 @@
+"""ImageNet ResNet-152 (torchvision IMAGENET1K_V1), global-average of layer4: 2048-d per frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet152
+
+from ..weights import load_state_dict_strict, safe_torch_load
+from .base import Checkpoint, ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ResNet152Trunk(nn.Module):
+    """torchvision's ResNet-152 without avgpool/fc; the mean over H and W replaces avgpool so
+    non-square frames (e.g. 224x398, a 7x13 layer4 map) are averaged as the reference did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        full = resnet152(weights=None)
+        self.body = nn.Sequential(*list(full.children())[:-2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+
+def load_resnet152(path: Path, device: torch.device) -> ResNet152Trunk:
+    state = safe_torch_load(path)
+    reference = resnet152(weights=None)
+    # The official file carries the fc classifier too; check it like everything else, then
+    # keep only the trunk.
+    load_state_dict_strict(reference, state, what=f"ResNet-152 checkpoint {path}",
+                           optional=("num_batches_tracked",))
+    model = ResNet152Trunk()
+    model.body.load_state_dict(nn.Sequential(*list(reference.children())[:-2]).state_dict())
+    return model.eval().to(device)
+
+
+def _normalizer(mean, std):
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device -> (B, 3, H, W) float32, as the reference did on
+        the CPU: x/255, then (x - mean) / (std + 1e-8)."""
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return (x - m) / (s + 1e-8)
+
+    return preprocess
+
+
+preprocess_imagenet = _normalizer(IMAGENET_MEAN, IMAGENET_STD)
+
+SPEC = ModelSpec(
+    name="resnet",
+    dim=2048,
+    unit="frame",
+    size=224,
+    crop=False,
+    checkpoint=Checkpoint(
+        "resnet152-394f9c45.pth",
+        "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+        # torchvision publishes the first 8 hex digits of the sha256 in the file name.
+        sha256="394f9c45",
+    ),
+    build=load_resnet152,
+    preprocess=preprocess_imagenet,
+    l2_normalize=True,
+)

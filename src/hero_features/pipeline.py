@@ -1,0 +1,275 @@
+"""Decode workers -> batches across videos -> models on the device -> atomic outputs.
+
+Decoding (producer.py) runs in `num_decoding_thread` worker processes (or inline when 0) and
+streams frames/clips as uint8 arrays. The main process batches the units of every video to
+`batch_size` per model, normalises them on the device, runs the model, and puts each row back
+at its place in its video; a video is written once its decoder has finished and all of its
+units have been through the model.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .models import ModelSpec
+from .outputs import FailureLog, Summary, write_features
+from .producer import Group, Settings, produce
+
+
+MAX_WAITING_VIDEOS = 32  # decoded videos whose outputs wait for a batch to fill
+
+
+@dataclass
+class Job:
+    """One video and, per model still to do, where its features go."""
+
+    video_path: Path
+    outputs: dict  # model id -> feature Path
+
+
+@dataclass
+class _VideoState:
+    job: Job
+    decoded: bool = False
+    failed: bool = False
+    seconds: float = 0.0
+    pending: int = 0  # units queued in batchers, not yet through a model
+    rows: dict = field(default_factory=dict)  # model -> {unit index: feature row}
+    next_index: dict = field(default_factory=dict)  # model -> next unit index
+
+
+def make_groups(specs: Sequence[ModelSpec]) -> list[Group]:
+    groups: dict[tuple, list[str]] = {}
+    for spec in specs:
+        groups.setdefault((spec.unit, spec.size, spec.crop), []).append(spec.name)
+    return [Group(tuple(names), *key) for key, names in groups.items()]
+
+
+def _worker(job_queue, result_queue, groups, settings) -> None:
+    while True:
+        item = job_queue.get()
+        if item is None:
+            return
+        video_id, path, active = item
+        for message in produce(video_id, path, groups, settings, active):
+            result_queue.put(message)
+        result_queue.put(("done", video_id))
+
+
+def _active_groups(groups: Sequence[Group], job: Job) -> tuple[int, ...]:
+    return tuple(i for i, g in enumerate(groups) if any(m in job.outputs for m in g.models))
+
+
+def _messages(jobs: Sequence[Job], groups, settings, workers: int) -> Iterator[tuple]:
+    """All producer messages for all jobs; videos are decoded in parallel when workers > 0."""
+    if workers <= 0:
+        for video_id, job in enumerate(jobs):
+            yield from produce(video_id, str(job.video_path), groups, settings,
+                               _active_groups(groups, job))
+            yield ("done", video_id)
+        return
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
+    job_queue = ctx.Queue()
+    # Bounded, so decoders cannot run ahead of the models and fill RAM.
+    result_queue = ctx.Queue(maxsize=4 * workers + 8)
+    procs = [ctx.Process(target=_worker, args=(job_queue, result_queue, groups, settings),
+                         daemon=True) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    for video_id, job in enumerate(jobs):
+        job_queue.put((video_id, str(job.video_path), _active_groups(groups, job)))
+    for _ in procs:
+        job_queue.put(None)
+    remaining = len(jobs)
+    try:
+        while remaining:
+            try:
+                message = result_queue.get(timeout=5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    raise RuntimeError("all decode workers exited before finishing") from None
+                continue
+            if message[0] == "done":
+                remaining -= 1
+            yield message
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5)
+
+
+class Extractor:
+    def __init__(self, specs: Sequence[ModelSpec], models: dict, device: torch.device,
+                 settings: Settings, batch_size: int, failure_log: FailureLog,
+                 summary: Summary, workers: int = 0, progress: bool = True):
+        self.specs = {s.name: s for s in specs}
+        self.models = models
+        self.device = device
+        self.settings = settings
+        self.batch_size = max(1, batch_size)
+        self.failures = failure_log
+        self.summary = summary
+        self.workers = workers
+        self.progress = progress
+        self.groups = make_groups(specs)
+        # model -> unit shape -> list of (video_id, first unit index, uint8 array)
+        self._queued: dict[str, dict] = {name: {} for name in self.specs}
+        self._videos: dict[int, _VideoState] = {}
+
+    # -- batching ---------------------------------------------------------------------------
+    # Units of one model are batched across videos, but only with units of the same shape
+    # (frames of differently sized videos cannot share a tensor).
+    def _queue_units(self, video_id: int, model: str, units: np.ndarray) -> None:
+        state = self._videos[video_id]
+        start = state.next_index.get(model, 0)
+        state.next_index[model] = start + len(units)
+        state.pending += 1
+        waiting = self._queued[model].setdefault(units.shape[1:], [])
+        waiting.append((video_id, start, units))
+        if sum(len(u) for _, _, u in waiting) >= self.batch_size:
+            self._run(model, units.shape[1:], full_only=True)
+
+    def _run(self, model: str, shape: tuple, full_only: bool = False) -> None:
+        waiting = self._queued[model][shape]
+        while waiting:
+            if full_only and sum(len(u) for _, _, u in waiting) < self.batch_size:
+                return
+            batch, taken = [], 0
+            while waiting and taken < self.batch_size:
+                video_id, start, units = waiting[0]
+                room = self.batch_size - taken
+                if len(units) > room:  # split a chunk across two batches
+                    waiting[0] = (video_id, start + room, units[room:])
+                    units = units[:room]
+                    self._videos[video_id].pending += 1
+                else:
+                    waiting.pop(0)
+                batch.append((video_id, start, units))
+                taken += len(units)
+            self._forward(model, batch)
+        del self._queued[model][shape]
+
+    def _flush(self) -> None:
+        for model, shapes in self._queued.items():
+            for shape in list(shapes):
+                self._run(model, shape)
+
+    @torch.inference_mode()
+    def _forward(self, model: str, batch: list) -> None:
+        spec = self.specs[model]
+        live = [(v, s, u) for v, s, u in batch if not self._videos[v].failed]
+        if live:
+            host = torch.from_numpy(np.concatenate([u for _, _, u in live]))
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            try:
+                x = spec.preprocess(host.to(self.device, non_blocking=True))
+                features = self.models[model](x).float()
+                if spec.l2_normalize:
+                    features = F.normalize(features, dim=1)
+                rows = features.to(torch.float16).cpu().numpy()
+            except Exception as exc:  # e.g. CUDA out of memory: lose these videos, not the run
+                for video_id in {v for v, _, _ in live}:
+                    self._fail(video_id, "model", f"{model}: {type(exc).__name__}: {exc}")
+                rows = None
+            offset = 0
+            for video_id, start, units in live:
+                state = self._videos[video_id]
+                if rows is not None and not state.failed:
+                    chunk = rows[offset:offset + len(units)]
+                    table = state.rows.setdefault(model, {})
+                    for i, row in enumerate(chunk):
+                        table[start + i] = row
+                offset += len(units)
+        for video_id, _, _ in batch:
+            state = self._videos[video_id]
+            state.pending -= 1
+            self._maybe_finish(video_id)
+
+    # -- per-video bookkeeping ----------------------------------------------------------------
+    def _fail(self, video_id: int, stage: str, error: str) -> None:
+        state = self._videos[video_id]
+        if state.failed:
+            return
+        state.failed = True
+        for model in state.job.outputs:
+            self.failures.record(state.job.video_path, model, stage, error)
+
+    def _maybe_finish(self, video_id: int) -> None:
+        state = self._videos.get(video_id)
+        if state is None or not state.decoded or state.pending:
+            return
+        del self._videos[video_id]
+        if state.failed:
+            self.summary.failed += 1
+        else:
+            self._write(state)
+        self._bar.update(1)
+        self._bar.set_postfix_str(
+            f"{self.summary.video_seconds / max(self._bar.format_dict['elapsed'], 1e-9):.1f} "
+            f"video-s/s, {self.summary.failed} failed")
+
+    def _write(self, state: _VideoState) -> None:
+        job = state.job
+        try:
+            for model, path in job.outputs.items():
+                table = state.rows.get(model, {})
+                if not table:
+                    raise ValueError(f"{model}: no feature rows (no frames or clips decoded)")
+                features = np.stack([table[i] for i in range(len(table))])
+                write_features(path, features)
+                self.summary.rows[model] = self.summary.rows.get(model, 0) + len(features)
+        except OSError as exc:
+            for model in job.outputs:
+                self.failures.record(job.video_path, model, "write", f"{type(exc).__name__}: {exc}")
+            self.summary.failed += 1
+            if exc.errno in (28, 30):  # disk full / read-only file system: nothing else can land
+                raise
+            return
+        except ValueError as exc:
+            for model in job.outputs:
+                self.failures.record(job.video_path, model, "decode", str(exc))
+            self.summary.failed += 1
+            return
+        self.summary.done += 1
+        self.summary.video_seconds += state.seconds
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job]) -> None:
+        self._bar = tqdm(total=len(jobs), unit="video", disable=not self.progress,
+                         dynamic_ncols=True)
+        try:
+            for video_id, job in enumerate(jobs):
+                self._videos[video_id] = _VideoState(job)
+            for message in _messages(jobs, self.groups, self.settings, self.workers):
+                kind, video_id = message[0], message[1]
+                state = self._videos.get(video_id)
+                if state is None:
+                    continue
+                if kind == "units":
+                    if not state.failed:
+                        for model in self.groups[message[2]].models:
+                            if model in state.job.outputs:
+                                self._queue_units(video_id, model, message[3])
+                elif kind == "error":
+                    self._fail(video_id, message[2], message[3])
+                elif kind == "end":
+                    state.seconds = float(message[2])
+                elif kind == "done":
+                    state.decoded = True
+                    self._maybe_finish(video_id)
+                    # Videos of rare frame sizes must not wait for a full batch forever.
+                    if sum(v.decoded for v in self._videos.values()) > MAX_WAITING_VIDEOS:
+                        self._flush()
+            self._flush()
+        finally:
+            self._bar.close()

@@ -1,0 +1,139 @@
+"""Turn one video into model inputs (frames or 32-frame clips) for every requested model.
+
+Runs in decode worker processes, so it imports no torch. Models that need the same input
+(same frame rate, size, crop and unit, e.g. slowfast + mil-nce) form one *group* and receive
+one array; groups with the same frame rate and size share one branch of the decode graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .sampling import ClipSampler
+from .video import DecodeSpec, VideoError, VideoInfo, decode, open_video, probe_container
+
+FRAME_CHUNK = 16  # frames per message for frame models: small enough to stream, big enough to amortise
+
+
+@dataclass(frozen=True)
+class Group:
+    """Models fed the same input; everything the decoder needs to know about them."""
+
+    models: tuple[str, ...]
+    unit: str  # "frame" | "clip"
+    size: int
+    crop: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    clip_len: Fraction
+    target_fps: int = 30
+    min_num_features: int = 1
+    threads: int = 0  # FFmpeg decoder threads per video (0 = FFmpeg's choice)
+
+
+# Messages sent back to the main process, in order per video:
+#   ("info", video_id, VideoInfo)
+#   ("units", video_id, group_index, uint8 array (n, ...))
+#   ("end", video_id, seconds of video decoded)
+#   ("error", video_id, stage, message)
+
+
+def frame_rate(unit: str, settings: Settings, info: VideoInfo) -> str:
+    """The fps expression the reference passed to FFmpeg, as the same text."""
+    if unit == "clip":
+        return str(settings.target_fps)
+    clip_len = float(settings.clip_len)
+    rate = 1 / clip_len
+    # The resnet/clip short-video rule (REFERENCE 4.2): only when the duration is known.
+    if info.duration is not None and 0 < info.duration < clip_len + 0.1:
+        rate = 2 / max(int(info.duration), 1)
+    return str(rate)
+
+
+def plan_branches(groups: Sequence[Group], settings: Settings, info: VideoInfo):
+    """Decode specs (one per distinct fps and size) and, per group, (branch, needs numpy crop)."""
+    specs: list[DecodeSpec] = []
+    routes = []
+    keys: dict[tuple[str, int], int] = {}
+    for group in groups:
+        key = (frame_rate(group.unit, settings, info), group.size)
+        if key not in keys:
+            # Crop inside the graph only when every group on the branch crops; otherwise the
+            # branch stays uncropped and croppers slice it, which is byte-identical.
+            all_crop = all(g.crop for g in groups
+                           if (frame_rate(g.unit, settings, info), g.size) == key)
+            keys[key] = len(specs)
+            specs.append(DecodeSpec(key[0], key[1], all_crop))
+        branch = keys[key]
+        routes.append((branch, group.crop and not specs[branch].crop))
+    return specs, routes
+
+
+def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    y, x = int((h - size) / 2), int((w - size) / 2)
+    return frame[y:y + size, x:x + size]
+
+
+def produce(video_id: int, path: str, groups: Sequence[Group], settings: Settings,
+            active: Optional[Sequence[int]] = None) -> Iterator[tuple]:
+    """Yield the messages for one video; never raises for a bad video (it yields "error").
+
+    `active`: indices of the groups this video still needs (default all); group indices in
+    the messages always refer to `groups`.
+    """
+    active = list(range(len(groups))) if active is None else list(active)
+    try:
+        with open_video(path) as container:
+            info = probe_container(container, path)
+    except VideoError as exc:
+        yield ("error", video_id, exc.stage, str(exc))
+        return
+    except Exception as exc:  # an unexpected FFmpeg/PyAV failure is still a per-video failure
+        yield ("error", video_id, "probe", f"{type(exc).__name__}: {exc}")
+        return
+    yield ("info", video_id, info)
+    specs, routes = plan_branches([groups[i] for i in active], settings, info)
+    samplers: list[Optional[ClipSampler]] = [
+        ClipSampler(settings.clip_len, info.fps, info.duration, settings.target_fps,
+                    settings.min_num_features) if g.unit == "clip" else None
+        for g in (groups[i] for i in active)]
+    pending: list[list[np.ndarray]] = [[] for _ in active]
+    frames_seen = [0] * len(specs)
+    try:
+        for branch, frame in decode(path, specs, info, settings.threads):
+            frames_seen[branch] += 1
+            for gi, (group_branch, crop) in enumerate(routes):
+                if group_branch != branch:
+                    continue
+                unit = centre_crop(frame, groups[active[gi]].size) if crop else frame
+                if samplers[gi] is None:
+                    pending[gi].append(unit)
+                    if len(pending[gi]) >= FRAME_CHUNK:
+                        yield ("units", video_id, active[gi], np.stack(pending[gi]))
+                        pending[gi].clear()
+                else:
+                    for clip in samplers[gi].push(np.ascontiguousarray(unit)):
+                        yield ("units", video_id, active[gi], clip[None])
+        for gi, sampler in enumerate(samplers):
+            if sampler is not None:
+                for clip in sampler.finish():
+                    yield ("units", video_id, active[gi], clip[None])
+            elif pending[gi]:
+                yield ("units", video_id, active[gi], np.stack(pending[gi]))
+    except VideoError as exc:
+        yield ("error", video_id, exc.stage, str(exc))
+        return
+    except Exception as exc:
+        yield ("error", video_id, "decode", f"{type(exc).__name__}: {exc}")
+        return
+    if not any(frames_seen):
+        yield ("error", video_id, "decode", "the decoder produced no frames")
+        return
+    seconds = info.duration if info.duration is not None else frames_seen[0] / 30.0
+    yield ("end", video_id, seconds)

@@ -1,0 +1,168 @@
+"""Where a checkpoint comes from, how it is verified, and how it is loaded without running code.
+
+Look-up order for a file under its ORIGINAL name: --checkpoint, --weights_dir,
+$HERO_FEATURES_WEIGHTS, /models (the Docker image), then the user cache. A file found nowhere
+is downloaded into the cache (or --weights_dir) with a progress bar, resumed if a partial
+download exists, and verified against the published sha256 before it is renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .models.base import Checkpoint
+
+ENV_WEIGHTS = "HERO_FEATURES_WEIGHTS"
+DOCKER_WEIGHTS = Path("/models")
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint that is missing, fails verification, or does not fit the model."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hero-features"
+
+
+def search_dirs(weights_dir: Optional[Path] = None) -> list[Path]:
+    dirs = []
+    if weights_dir:
+        dirs.append(Path(weights_dir))
+    if os.environ.get(ENV_WEIGHTS):
+        dirs.append(Path(os.environ[ENV_WEIGHTS]))
+    dirs += [DOCKER_WEIGHTS, cache_dir()]
+    return dirs
+
+
+def find_checkpoint(ckpt: Checkpoint, weights_dir: Optional[Path] = None) -> Optional[Path]:
+    for folder in search_dirs(weights_dir):
+        candidate = folder / ckpt.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_checkpoint(ckpt: Checkpoint, weights_dir: Optional[Path] = None,
+                       explicit: Optional[Path] = None, download: bool = True) -> Path:
+    """The local path of `ckpt`, downloading it if it is found nowhere."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise WeightsError(f"checkpoint file {explicit} does not exist")
+        return Path(explicit)
+    found = find_checkpoint(ckpt, weights_dir)
+    if found is not None:
+        return found
+    target_dir = Path(weights_dir) if weights_dir else cache_dir()
+    if not download:
+        raise WeightsError(_missing_message(ckpt, weights_dir, "downloads are disabled"))
+    return download_checkpoint(ckpt, target_dir, weights_dir)
+
+
+def _missing_message(ckpt: Checkpoint, weights_dir: Optional[Path], why: str) -> str:
+    looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+    return (f"checkpoint {ckpt.filename} not found (looked in {looked}) and it could not be "
+            f"downloaded ({why}). Fetch it from {ckpt.url} and put it in one of those folders, "
+            f"e.g. --weights_dir DIR or ${ENV_WEIGHTS}=DIR.")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, ckpt: Checkpoint) -> Optional[bool]:
+    """True/False against the published hash (a published prefix, as torchvision's file names
+    carry, is compared as a prefix); None when no hash is published."""
+    if not ckpt.sha256:
+        return None
+    return sha256_of(path).startswith(ckpt.sha256.lower())
+
+
+def download_checkpoint(ckpt: Checkpoint, target_dir: Path,
+                        weights_dir: Optional[Path] = None, timeout: float = 30.0) -> Path:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    final = target_dir / ckpt.filename
+    partial = target_dir / (ckpt.filename + ".part")
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(ckpt.url, headers={"User-Agent": "hero-features"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsError(_missing_message(ckpt, weights_dir, str(exc))) from None
+    with response:
+        resumed = response.status == 206
+        total = response.headers.get("Content-Length")
+        total = int(total) + (have if resumed else 0) if total else None
+        with open(partial, "ab" if resumed else "wb") as out, tqdm(
+                total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
+                desc=f"downloading {ckpt.filename}") as bar:
+            try:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+            except OSError as exc:
+                raise WeightsError(f"download of {ckpt.url} interrupted ({exc}); rerun to "
+                                   f"resume from {partial}") from None
+    if verify(partial, ckpt) is False:
+        bad = partial.with_suffix(".corrupt")
+        shutil.move(partial, bad)
+        raise WeightsError(f"{ckpt.filename} from {ckpt.url} does not match its published "
+                           f"sha256 {ckpt.sha256}; kept as {bad}")
+    os.replace(partial, final)
+    return final
+
+
+def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:
+    """A PyTorch checkpoint as a state dict, refusing pickles that would run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError for unsafe content
+        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint ({exc})") \
+            from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                           ignore_prefixes: Iterable[str] = (),
+                           optional: Iterable[str] = ()) -> None:
+    """Load `state` into `model`, failing loudly on any missing, unexpected or misshapen key.
+
+    `ignore_prefixes`: checkpoint keys deliberately unused (e.g. a text tower);
+    `optional`: model key suffixes a checkpoint may lack (e.g. BN `num_batches_tracked`).
+    """
+    ignore_prefixes, optional = tuple(ignore_prefixes), tuple(optional)
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if misshapen:
+        problems.append(f"shape mismatches: {'; '.join(misshapen)}")
+    if problems:
+        raise WeightsError(f"{what} does not fit the model: " + " | ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items()}, strict=False)

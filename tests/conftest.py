@@ -1,0 +1,42 @@
+"""Shared fixtures: synthetic checkpoints in every original format, sample videos, goldens."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+VIDEOS = TESTS / "data" / "videos"
+GOLDEN = TESTS / "data" / "parity" / "golden"
+TOOLS = TESTS / "tools"
+CHECKPOINT_FILES = (
+    "SLOWFAST_8x8_R50.pkl",
+    "resnet152-394f9c45.pth",
+    "s3d_howto100m.pth",
+    "ViT-B-32.pt",
+    "RN50x4.pt",
+)
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoints(tmp_path_factory) -> Path:
+    """The deterministic synthetic weights the goldens were computed with.
+
+    HERO_TEST_CKPTS may point at a folder that already holds them (saves ~15 s and 1 GiB of
+    writes per session); otherwise they are generated once per test session.
+    """
+    ready = os.environ.get("HERO_TEST_CKPTS")
+    if ready and all((Path(ready) / name).is_file() for name in CHECKPOINT_FILES):
+        return Path(ready)
+    out = tmp_path_factory.mktemp("ckpts")
+    subprocess.run([sys.executable, str(TOOLS / "make_checkpoints.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_videos() -> list[Path]:
+    return sorted(VIDEOS.glob("*.mp4"))
