@@ -54,31 +54,18 @@ def test_specs_match_reference():
         assert not spec.l2_normalize
 
 
-def _drop(sd):
-    del sd["visual.ln_post.bias"]
-
-
-def _add(sd):
-    sd["visual.extra.weight"] = torch.zeros(3)
-
-
-def _reshape(sd):
-    sd["visual.ln_post.bias"] = torch.zeros(767, dtype=torch.float16)
-
-
-@pytest.mark.parametrize("edit, message", [
-    (_drop, "missing keys: visual.ln_post.bias"),
-    (_add, "unexpected keys: visual.extra.weight"),
-    (_reshape, "visual.ln_post.bias (767,) != (768,)"),
-])
-def test_damaged_state_dict_is_refused(tmp_path, vit_state_dict, edit, message):
+def test_damaged_state_dict_is_refused(tmp_path, vit_state_dict):
     sd = dict(vit_state_dict)
-    edit(sd)
+    del sd["visual.ln_post.bias"]
+    sd["visual.extra.weight"] = torch.zeros(3)
+    sd["visual.ln_pre.bias"] = torch.zeros(767, dtype=torch.float16)
     path = tmp_path / "ViT-B-32.pt"
     torch.save(sd, path)
     with pytest.raises(ValueError, match="not a CLIP ViT-B/32 checkpoint") as e:
         load_clip(path, "cpu", "ViT-B/32")
-    assert message in str(e.value)
+    for problem in ("missing keys: visual.ln_post.bias", "unexpected keys: visual.extra.weight",
+                    "visual.ln_pre.bias (767,) != (768,)"):
+        assert problem in str(e.value)
 
 
 @pytest.mark.parametrize("filename, arch, found", [
@@ -112,7 +99,7 @@ def test_pickled_code_is_not_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
 def test_torchscript_archive_loads_like_state_dict(tmp_path, vit_state_dict, vit, monkeypatch):
     sd = dict(vit_state_dict)
     meta = {k: sd.pop(k) for k in METADATA}

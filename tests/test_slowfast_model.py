@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 
 import numpy as np
@@ -161,15 +162,18 @@ class _Exploit:
         return self.call, self.args
 
 
-@pytest.mark.parametrize("make, refused", [
-    (lambda m: _Exploit(os.system, (f"touch {m}",)), f"{os.system.__module__}.system"),
-    (lambda m: _Exploit(eval, (f"open({str(m)!r}, 'w')",)), "builtins.eval"),
-    (lambda m: _Exploit(subprocess.Popen, (["touch", str(m)],)), "subprocess.Popen"),
+@pytest.mark.parametrize("make, protocol, refused", [
+    (lambda m: _Exploit(os.system, (f"touch {m}",)), 5, f"{os.system.__module__}.system"),
+    (lambda m: _Exploit(eval, (f"open({str(m)!r}, 'w')",)), 5, "builtins.eval"),
+    (lambda m: _Exploit(subprocess.Popen, (["touch", str(m)],)), 5, "subprocess.Popen"),
+    # protocol 2 writes Python 2 module names, which must be refused just the same
+    (lambda m: _Exploit(eval, (f"open({str(m)!r}, 'w')",)), 2, "__builtin__.eval"),
 ])
-def test_malicious_pickle_is_refused(tmp_path, make, refused):
+def test_malicious_pickle_is_refused(tmp_path, make, protocol, refused):
     marker = tmp_path / "pwned"
-    path = _write_pickle(tmp_path / "evil.pkl", {"blobs": {"conv1_w": make(marker)}})
-    with pytest.raises(UnsafePickleError, match=refused.replace(".", r"\.")):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": make(marker)}}, protocol=protocol))
+    with pytest.raises(UnsafePickleError, match=re.escape(f"'{refused}'")):
         load_caffe2_pickle(path)
     with pytest.raises(UnsafePickleError):
         load_slowfast(path, "cpu")
@@ -187,11 +191,17 @@ def test_numpy_pickles_of_any_protocol_load(tmp_path, protocol):
     assert got["blobs"]["s"] == 1.5 and got["meta"] == [1, (2.0, "x")]
 
 
-def test_numpy1_module_names_are_admitted(tmp_path):
-    # numpy 1.x writes numpy.core.multiarray where numpy 2 writes numpy._core.multiarray
-    data = pickle.dumps({"blobs": {"a": np.ones(3, np.float32)}}, protocol=2)
-    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    assert b"cnumpy.core.multiarray\n_reconstruct" in data
-    path = tmp_path / "np1.pkl"
+def test_python2_caffe2_pickle_loads(tmp_path):
+    # What Python 2 / numpy 1 (the real Caffe2 file) writes: numpy.core module names and
+    # the array bytes as a py2 str, which only encoding="latin1" turns back into bytes
+    def py2_str(b):
+        return b"U" + bytes([len(b)]) + b
+    values = np.array([1.0, 2.0, 3.0], np.float32)
+    data = (b"\x80\x02}" + py2_str(b"blobs") + b"}" + py2_str(b"conv1_w")
+            + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + py2_str(b"b")
+            + b"\x87R(K\x01K\x03\x85cnumpy\ndtype\n" + py2_str(b"f4") + b"K\x00K\x01\x87R"
+            + b"(K\x03" + py2_str(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+            + b"\x89" + py2_str(values.tobytes()) + b"tbss.")
+    path = tmp_path / "py2.pkl"
     path.write_bytes(data)
-    assert np.array_equal(load_caffe2_pickle(path)["blobs"]["a"], np.ones(3, np.float32))
+    assert np.array_equal(load_caffe2_pickle(path)["blobs"]["conv1_w"], values)

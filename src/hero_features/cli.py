@@ -173,7 +173,7 @@ def cmd_extract(args) -> int:
     from .outputs import FailureLog, Summary
     from .pipeline import Extractor
     from .producer import Settings
-    from .sampling import parse_clip_len
+    from .sampling import ClipSampler, parse_clip_len
     from .weights import WeightsError, resolve_checkpoint
 
     models = _model_list(args.model)
@@ -195,6 +195,11 @@ def cmd_extract(args) -> int:
               "processes", file=sys.stderr)
     device = _pick_device(args.device)
     specs = [get_spec(m) for m in models]
+    if any(spec.unit == "clip" for spec in specs):
+        try:  # the clip models' own constraints, checked before any video is touched
+            ClipSampler(clip_len, 30, None, args.target_framerate, args.min_num_features)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     jobs = (_jobs_from_csv(args.csv, models) if args.csv
             else _jobs_from_folder(args.video_path, args.output_dir, models))

@@ -46,7 +46,6 @@ class VideoInfo:
     fps: int  # floor(avg_frame_rate)
     duration: Optional[float]  # stream duration; None unless the stream has it AND a frame count
     nb_frames: Optional[int]
-    rotation: int  # display rotation in degrees the CLI would apply (0, 90, 180, 270)
 
 
 @dataclass(frozen=True)
@@ -88,34 +87,20 @@ def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, s
     return chain
 
 
-def rotation_filters(rotation: int) -> list[tuple[str, str]]:
-    """The filters the ffmpeg CLI inserts for a display-matrix rotation (its autorotate)."""
-    if rotation == 90:
+def rotation_filters(display_rotation: float) -> list[tuple[str, str]]:
+    """The filters the ffmpeg CLI's autorotate inserts before the graph, for a display matrix
+    whose counter-clockwise rotation is `display_rotation` degrees (PyAV's getattr(frame, "rotation", 0) or 0)."""
+    theta = -round(display_rotation)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # the CLI's get_rotation()
+    if abs(theta - 90) < 1:
         return [("transpose", "clock")]
-    if rotation == 180:
+    if abs(theta - 180) < 1:
         return [("hflip", ""), ("vflip", "")]
-    if rotation == 270:
+    if abs(theta - 270) < 1:
         return [("transpose", "cclock")]
+    if abs(theta) > 1:
+        return [("rotate", f"{theta}*PI/180")]
     return []
-
-
-def _display_rotation(stream) -> int:
-    """Clockwise rotation the CLI applies, from the stream's display matrix; 0 if none."""
-    matrix = None
-    try:
-        matrix = stream.side_data.get("DISPLAYMATRIX") if hasattr(stream, "side_data") else None
-    except Exception:  # side data API differs between PyAV releases
-        matrix = None
-    if matrix is None:
-        return 0
-    return _rotation_from_degrees(float(matrix))
-
-
-def _rotation_from_degrees(theta: float) -> int:
-    """The CLI's get_rotation(): counter-clockwise matrix angle -> clockwise display turn."""
-    theta = -round(theta)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
-    return int(round(theta / 90) * 90) % 360 if abs(theta - round(theta / 90) * 90) < 1 else 0
 
 
 def _guarded_opener(path: str):
@@ -175,7 +160,7 @@ def probe_container(container, path: str = "") -> VideoInfo:
     if stream.duration is not None and stream.frames:
         duration = _ffprobe_seconds(stream.duration, stream.time_base)
         nb_frames = int(stream.frames)
-    return VideoInfo(width, height, fps, duration, nb_frames, _display_rotation(stream))
+    return VideoInfo(width, height, fps, duration, nb_frames)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -183,11 +168,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return probe_container(container, os.fspath(path))
 
 
-def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec]):
+def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec], rotation: float):
     graph = av.filter.Graph()
     source = graph.add_buffer(template=stream)
     tail = source
-    for name, args in rotation_filters(info.rotation):
+    for name, args in rotation_filters(rotation):
         node = graph.add(name, args) if args else graph.add(name)
         tail.link_to(node)
         tail = node
@@ -233,14 +218,20 @@ def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
-        graph, source, sinks = _build_graph(stream, info, specs)
+        graph = source = sinks = None
         ready: list = []
         try:
             for frame in container.decode(stream):
+                if graph is None:
+                    # The display matrix reaches us on the frames, so the graph (which
+                    # needs the rotation) is built when the first frame arrives.
+                    graph, source, sinks = _build_graph(stream, info, specs, getattr(frame, "rotation", 0) or 0)
                 source.push(frame)
                 _drain(sinks, ready)
                 yield from ready
                 ready.clear()
+            if graph is None:
+                return
             source.push(None)
             _drain(sinks, ready)
             yield from ready

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Start the hero-features container with the videos and an output folder mounted.
+#
+#   launch_container.sh <video_dir> <output_dir> [command ...]
+#   source launch_container.sh <video_dir> <output_dir>     (as the reference README has it)
+#
+# Mounts: this repository at /src (its src/ is put first on PYTHONPATH, so edits apply without
+# rebuilding the image), <video_dir> at /video read-only, <output_dir> at /output. The command
+# defaults to an interactive bash. CUDA_VISIBLE_DEVICES picks the GPUs (default: all);
+# HERO_FEATURES_IMAGE picks the image (default: hero-features:latest). The container runs as
+# the calling user so that the features written to <output_dir> belong to them.
+#
+# Everything runs in a function whose body is a subshell: when the file is sourced, no
+# variable, option or function is left behind in the caller's shell, and the status of the
+# last command (the docker run, or 2 for a usage error) is what `source` returns.
+
+_hero_features_launch() {
+    local status
+    (
+        set -euo pipefail
+        usage="usage: launch_container.sh <video_dir> <output_dir> [command ...]"
+        if [ "$#" -lt 2 ] || [ -z "$1" ] || [ -z "$2" ]; then
+            echo "$usage" >&2
+            exit 2
+        fi
+        if [ ! -d "$1" ]; then
+            echo "launch_container.sh: video folder '$1' does not exist" >&2
+            echo "$usage" >&2
+            exit 2
+        fi
+        # Created here rather than by docker, which would make it owned by root.
+        if ! mkdir -p -- "$2"; then
+            echo "launch_container.sh: cannot create output folder '$2'" >&2
+            exit 2
+        fi
+        video_dir=$(cd -- "$1" && pwd -P)
+        output_dir=$(cd -- "$2" && pwd -P)
+        repo_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")" && pwd -P)
+        shift 2
+
+        devices=${CUDA_VISIBLE_DEVICES:-all}
+        image=${HERO_FEATURES_IMAGE:-hero-features:latest}
+
+        # docker splits --gpus and --mount values as CSV: "device=1,3" unquoted would mean
+        # device 1 plus a count of 3, and a comma in a path would end the field. Each value
+        # is therefore one CSV field in double quotes, with inner quotes doubled.
+        csv_field() {
+            local value=${1//\"/\"\"}
+            printf '"%s"' "$value"
+        }
+
+        if [ -t 0 ]; then
+            tty_flags=(-it)
+        else
+            # No terminal: keep stdin open so piped input still reaches the command.
+            tty_flags=(-i)
+        fi
+        if [ "$#" -eq 0 ]; then
+            set -- bash
+        fi
+
+        exec docker run \
+            --gpus "$(csv_field "device=$devices")" \
+            --ipc=host --network=host --rm "${tty_flags[@]}" \
+            --user "$(id -u):$(id -g)" \
+            --mount "type=bind,$(csv_field "src=$repo_dir"),dst=/src" \
+            --mount "type=bind,$(csv_field "src=$video_dir"),dst=/video,readonly" \
+            --mount "type=bind,$(csv_field "src=$output_dir"),dst=/output" \
+            --env "NVIDIA_VISIBLE_DEVICES=$devices" \
+            --env PYTHONPATH=/src/src \
+            --workdir /src \
+            "$image" "$@"
+    )
+    status=$?
+    unset -f _hero_features_launch
+    return "$status"
+}
+
+_hero_features_launch "$@"

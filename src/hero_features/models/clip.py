@@ -1,0 +1,199 @@
+"""OpenAI CLIP image encoders (ViT-B/32 and RN50x4), built by open_clip from OpenAI's weights.
+
+The reference ran `clip.load(...).encode_image`: the projected image embedding, not
+L2-normalised. open_clip's `CLIP` with QuickGELU is the same network under the same parameter
+names, so OpenAI's files load into it unchanged.
+
+Two file forms are accepted, and neither runs pickled Python:
+  * the official TorchScript archives (what OpenAI publishes): read with `torch.jit.load`,
+    which only interprets TorchScript, and used for nothing but their `state_dict()`;
+  * plain state dicts (e.g. the synthetic test weights): `torch.load(weights_only=True)`.
+Both then take the same path: identify the architecture, build it from open_clip's config,
+load strictly.
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Dict, Union
+
+import open_clip
+import torch
+from open_clip.model import CLIP, convert_weights_to_fp16
+from torch import nn
+
+from .base import Checkpoint, ModelSpec
+
+_URL = "https://openaipublic.azureedge.net/clip/models/{}/{}"
+VIT_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+RN50X4_SHA256 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+# OpenAI's archives carry these hyper-parameters as int tensors next to the weights; they are
+# not parameters of the model.
+_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class _Arch:
+    config: str  # open_clip model config with OpenAI's hyper-parameters
+    dim: int
+    size: int
+    stem_shape: tuple  # visual.conv1.weight: tells the released CLIP models apart
+
+    def describe(self, name: str) -> str:
+        return f"{name} ({self.dim}-d, {self.size} px input)"
+
+
+ARCHS: Dict[str, _Arch] = {
+    "ViT-B/32": _Arch("ViT-B-32", 512, 224, (768, 3, 32, 32)),
+    "RN50x4": _Arch("RN50x4", 640, 288, (40, 3, 3, 3)),
+}
+
+
+class ClipImageEncoder(nn.Module):
+    """`encode_image` of a CLIP model; takes float input and returns float32 (B, dim)."""
+
+    def __init__(self, visual: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.visual = visual
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # clip's encode_image casts the image to the weights' dtype (fp16 on CUDA).
+        return self.visual(x.to(self.dtype)).float()
+
+
+def _is_torchscript(path: Path) -> bool:
+    # torch.save archives hold `<name>/data.pkl` only; torch.jit.save adds code and constants.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        inner = [n.split("/", 1)[-1] for n in z.namelist()]
+    return "constants.pkl" in inner or any(n.startswith("code/") for n in inner)
+
+
+def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            # TorchScript is deprecated, but it is the format OpenAI published the weights in.
+            warnings.simplefilter("ignore", FutureWarning)
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch's message suggests weights_only=False, which is exactly what must not happen.
+            lines = [ln for ln in str(e).splitlines() if "GLOBAL" in ln] or [str(e)]
+            raise ValueError(f"{path}: not a plain state dict nor a TorchScript archive; "
+                             f"refusing to unpickle arbitrary objects ({lines[0]})") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+    return dict(sd)
+
+
+def _identify(sd: Dict[str, torch.Tensor]):
+    stem = sd.get("visual.conv1.weight")
+    proj = sd.get("text_projection")
+    for name, a in ARCHS.items():
+        if (stem is not None and tuple(stem.shape) == a.stem_shape
+                and proj is not None and proj.shape[-1] == a.dim):
+            return name
+    return None
+
+
+def _listed(keys) -> str:
+    keys = list(keys)
+    more = f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def _check_keys(model: nn.Module, sd: Dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Fail with the offending names, before load_state_dict's less readable error."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(want.keys() - sd.keys())
+    unexpected = sorted(sd.keys() - want.keys())
+    wrong = [f"{k} {tuple(sd[k].shape)} != {want[k]}" for k in sorted(want.keys() & sd.keys())
+             if tuple(sd[k].shape) != want[k]]
+    problems = [f"{label}: {_listed(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("shape mismatch (file != model)", wrong)) if keys]
+    if problems:
+        raise ValueError(f"{path} is not a CLIP {arch} checkpoint: " + "; ".join(problems))
+
+
+def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Module:
+    """Build CLIP `arch` ("ViT-B/32" or "RN50x4") from `path`, strictly, in eval mode.
+
+    Precision follows the reference: on CUDA the network computes in float16 like
+    `clip.load(device="cuda")` (conv/linear/attention weights in fp16, LayerNorm in fp32);
+    on CPU it computes in float32, as `clip.load(device="cpu")` does. The output is float32
+    either way.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown CLIP architecture {arch!r}; expected one of {sorted(ARCHS)}")
+    a = ARCHS[arch]
+    path = Path(path)
+    sd = _read_state_dict(path)
+    found = _identify(sd)
+    if found is not None and found != arch:
+        raise ValueError(f"{path} holds CLIP {ARCHS[found].describe(found)} weights, "
+                         f"but CLIP {a.describe(arch)} was asked for")
+    meta = {k: sd.pop(k) for k in _METADATA_KEYS if k in sd}
+    if "input_resolution" in meta and int(meta["input_resolution"]) != a.size:
+        raise ValueError(f"{path}: input_resolution {int(meta['input_resolution'])}, "
+                         f"CLIP {arch} needs {a.size}")
+
+    device = torch.device(device)
+    half = device.type == "cuda"
+    # Same construction as open_clip.model.build_model_from_openai_state_dict, but from the
+    # expected config instead of one inferred from the file, so a wrong file cannot reshape
+    # the model.
+    model = CLIP(**open_clip.get_model_config(a.config), quick_gelu=True,
+                 cast_dtype=torch.float16 if half else None)
+    if half:
+        convert_weights_to_fp16(model)
+    _check_keys(model, sd, path, arch)
+    model.load_state_dict(sd, strict=True)
+    # The text tower was only needed to check the whole file.
+    encoder = ClipImageEncoder(model.visual, torch.float16 if half else torch.float32)
+    return encoder.to(device).eval()
+
+
+def preprocess_clip(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32, normalised like the reference."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    x = x.permute(0, 3, 1, 2).contiguous().float() / 255.0
+    # The reference adds 1e-8 to std (clip/preprocessing.py).
+    return (x - mean) / (std + 1e-8)
+
+
+VIT_SPEC = ModelSpec(
+    name="clip-vit",
+    dim=512,
+    unit="frame",
+    size=224,
+    crop=True,
+    checkpoint=Checkpoint("ViT-B-32.pt", _URL.format(VIT_SHA256, "ViT-B-32.pt"), VIT_SHA256),
+    build=partial(load_clip, arch="ViT-B/32"),
+    preprocess=preprocess_clip,
+)
+
+RN50X4_SPEC = ModelSpec(
+    name="clip-rn50x4",
+    dim=640,
+    unit="frame",
+    size=288,
+    crop=True,
+    checkpoint=Checkpoint("RN50x4.pt", _URL.format(RN50X4_SHA256, "RN50x4.pt"), RN50X4_SHA256),
+    build=partial(load_clip, arch="RN50x4"),
+    preprocess=preprocess_clip,
+)

@@ -1,0 +1,149 @@
+"""The in-process decoder against the ffmpeg CLI graph the reference ran, and its probe."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hero_features.video import (DecodeSpec, VideoError, decode, filter_chain, output_dims,
+                                 probe)
+from videos import read_index, write_video
+
+from conftest import VIDEOS
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                                  reason="Debian's ffmpeg CLI is needed for the byte comparison")
+
+
+def reference_cli_bytes(path: Path, spec: DecodeSpec, width: int, height: int) -> bytes:
+    """What the reference's ffmpeg-python command produced for this graph (plus flags=bilinear,
+    the 2020 environment's default scaler)."""
+    parts, label = [], "[0]"
+    for i, (name, args) in enumerate(filter_chain(spec, width, height)[:-1]):  # -pix_fmt does the format
+        parts.append(f"{label}{name}={args}[s{i}]")
+        label = f"[s{i}]"
+    cmd = ["ffmpeg", "-v", "error", "-i", str(path), "-filter_complex", ";".join(parts),
+           "-map", label, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]
+    return subprocess.run(cmd, capture_output=True, check=True).stdout
+
+
+SPECS = {
+    "slowfast": DecodeSpec("30", 224, True),
+    "resnet_2": DecodeSpec("0.5", 224, False),
+    "resnet_1.5": DecodeSpec(str(1 / 1.5), 224, False),
+    "clip-rn50x4": DecodeSpec(str(1 / 1.5), 288, True),
+}
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("video", sorted(p.name for p in VIDEOS.glob("*.mp4")))
+def test_frames_byte_identical_to_ffmpeg_cli(video, spec_name):
+    path, spec = VIDEOS / video, SPECS[spec_name]
+    info = probe(path)
+    ours = b"".join(frame.tobytes() for _, frame in decode(path, [spec], info))
+    assert ours == reference_cli_bytes(path, spec, info.width, info.height)
+
+
+@needs_ffmpeg
+def test_split_branches_each_identical_to_their_single_graph():
+    path = VIDEOS / "carphone_pristine.mp4"
+    info = probe(path)
+    specs = list(SPECS.values())
+    branches = {i: [] for i in range(len(specs))}
+    for branch, frame in decode(path, specs, info):
+        branches[branch].append(frame.tobytes())
+    for i, spec in enumerate(specs):
+        assert b"".join(branches[i]) == reference_cli_bytes(path, spec, info.width, info.height)
+
+
+@needs_ffmpeg
+def test_rotated_video_is_scaled_from_stored_size_then_turned_like_the_cli(tmp_path):
+    path = write_video(tmp_path / "rot.mp4", 12, width=320, height=176, rotation=90)
+    info = probe(path)
+    assert (info.width, info.height) == (320, 176)  # stored size, rotation ignored
+    spec = DecodeSpec("30", 224, True)
+    frames = [f for _, f in decode(path, [spec], info)]
+    assert frames[0].shape == (224, 224, 3)
+    assert b"".join(f.tobytes() for f in frames) == reference_cli_bytes(path, spec, 320, 176)
+
+
+def test_probe_matches_what_ffprobe_gave_the_reference():
+    info = probe(VIDEOS / "carphone_pristine.mp4")
+    assert (info.width, info.height, info.fps) == (176, 144, 29)  # floor(29.97)
+    assert info.duration == pytest.approx(4.004) and info.nb_frames == 120
+    big = probe(VIDEOS / "bigbuckbunny.mp4")
+    assert big.duration == pytest.approx(5.28)  # the stream's, not the container's 5.312
+
+
+def test_webm_stream_has_no_duration_so_none(tmp_path):
+    path = write_video(tmp_path / "x.webm", 10, codec="libvpx", width=64, height=48)
+    info = probe(path)
+    assert info.duration is None and info.nb_frames is None
+
+
+# REFERENCE 1.3 / 4.6: which source frames the fps filter picks, 10 s at 25 fps.
+@pytest.mark.parametrize("fps,expected", [
+    ("0.5", [24, 74, 124, 174, 224]),
+    (str(1 / 1.5), [18, 56, 93, 131, 168, 206, 243]),
+    ("2.0", [6, 18, 31, 43, 56, 68, 81, 93, 106, 118, 131, 143, 156, 168, 181, 193, 206, 218,
+             231, 243]),
+])
+def test_frame_picking_worked_example(tmp_path, fps, expected):
+    path = write_video(tmp_path / "idx.mp4", 250, fps=25)
+    picked = [read_index(f) for _, f in decode(path, [DecodeSpec(fps, 360, False)])]
+    assert picked == expected
+
+
+def test_frame_picking_30fps_pattern(tmp_path):
+    path = write_video(tmp_path / "idx.mp4", 250, fps=25)
+    picked = [read_index(f) for _, f in decode(path, [DecodeSpec("30", 360, False)])]
+    assert len(picked) == 300 and picked[:10] == [0, 1, 2, 2, 3, 4, 5, 6, 7, 7]
+    assert picked[-1] == 249
+
+
+def test_short_video_two_fps_picks(tmp_path):
+    path = write_video(tmp_path / "short.mp4", 20, fps=25)  # 0.8 s
+    assert [read_index(f) for _, f in decode(path, [DecodeSpec("2.0", 360, False)])] == [6, 18]
+
+
+def test_output_dims_truncate_long_side():
+    assert output_dims(640, 360, 224) == (398, 224)
+    assert output_dims(360, 640, 224) == (224, 398)
+    assert output_dims(176, 144, 224) == (273, 224)
+    assert output_dims(1280, 720, 288) == (512, 288)
+
+
+def test_decoder_streams_instead_of_collecting(tmp_path):
+    path = write_video(tmp_path / "idx.mp4", 100, fps=25)
+    frames = decode(path, [DecodeSpec("30", 224, True)])
+    first = next(frames)  # available before the rest of the video is decoded
+    assert first.__class__ is tuple and first[1].dtype == np.uint8
+    frames.close()
+
+
+@pytest.mark.parametrize("content", [None, b"", b"hello, not a video\n" * 50])
+def test_bad_files_raise_video_error(tmp_path, content):
+    path = tmp_path / "bad.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VideoError) as err:
+        probe(path)
+    assert err.value.stage == "open"
+
+
+def test_a_playlist_cannot_make_ffmpeg_read_another_file(tmp_path):
+    secret = write_video(tmp_path / "secret.mp4", 5, width=64, height=48)
+    playlist = tmp_path / "evil.mp4"
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+                        f"{secret}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(VideoError):
+        list(decode(playlist, [DecodeSpec("30", 224, True)]))
+    concat = tmp_path / "evil2.mp4"
+    concat.write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
+    with pytest.raises(VideoError):
+        list(decode(concat, [DecodeSpec("30", 224, True)]))
