@@ -1,4 +1,4 @@
-"""Command line: gather | extract | models | download. Argument parsing and wiring only.
+"""Command line: gather | extract | models | download | pack. Argument parsing and wiring only.
 
 Exit status: 0 every video done, 1 some videos failed (the others finished), 2 the run could
 not start (bad flags, unreadable csv, missing checkpoint).
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for the reference's commands; has no effect")
     e.add_argument("--half_precision", "--half-precision", type=int, default=1, choices=[1],
                    help="accepted for the reference's commands; outputs are float16")
+    e.add_argument("--video_timeout", "--video-timeout", type=float, default=300.0,
+                   help="seconds a video may go without producing a frame before its decode "
+                        "worker is killed and the video logged as failed (0 = no limit; needs "
+                        "--num_decoding_thread >= 1)")
     e.add_argument("--no_progress", "--no-progress", action="store_true")
     e.add_argument("--no_download", "--no-download", action="store_true",
                    help="never download a missing checkpoint")
@@ -83,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list models, dims, decode specs and checkpoints")
     m.add_argument("--weights_dir", "--weights-dir", type=Path)
+
+    k = sub.add_parser("pack", help="HERO video db (LMDB) from slowfast_features + "
+                                    "resnet_features")
+    k.add_argument("--output_dir", "--output-dir", type=Path, required=True,
+                   help="folder holding slowfast_features/ and resnet_features/")
+    k.add_argument("--db_dir", "--db-dir", type=Path, help="default: OUT/video_db")
+    k.add_argument("--clip_interval", "--clip-interval", type=int, default=None,
+                   help="seconds; cut videos into sub-clips <vid>.<k> of "
+                        "int(clip_interval/clip_len) rows, as HERO did for HowTo100M (60)")
+    k.add_argument("--clip_len", "--clip-len", default="3/2",
+                   help="seconds per feature row used at extraction; names the db folder")
+    k.add_argument("--compress", action="store_true",
+                   help="npz-compressed values (HERO's compressed_db)")
+    k.add_argument("--fp16", action="store_true", help="store float16 instead of HERO's float32")
 
     d = sub.add_parser("download", help="fetch checkpoints (all, or --model ...)")
     _add_common(d)
@@ -237,7 +255,8 @@ def cmd_extract(args) -> int:
     settings = Settings(clip_len=clip_len, target_fps=args.target_framerate,
                         min_num_features=args.min_num_features)
     extractor = Extractor(specs, built, device, settings, args.batch_size, failures, summary,
-                          workers=args.num_decoding_thread, progress=not args.no_progress)
+                          workers=args.num_decoding_thread, progress=not args.no_progress,
+                          video_timeout=args.video_timeout or None)
     extractor.run(todo)
     for line in summary.lines():
         print(line, file=sys.stderr)
@@ -298,8 +317,14 @@ def cmd_download(args) -> int:
     return status
 
 
+def cmd_pack(args) -> int:
+    from .pack import run_from_args
+
+    return run_from_args(args)  # 0 all packed, 1 some videos left out, 2 could not run
+
+
 COMMANDS = {"extract": cmd_extract, "gather": cmd_gather, "models": cmd_models,
-            "download": cmd_download}
+            "download": cmd_download, "pack": cmd_pack}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

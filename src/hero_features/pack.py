@@ -213,8 +213,9 @@ class _Writer:
 
 def _write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, sort_keys=True)
+    # ASCII escapes: HERO opens these with the locale's encoding, ASCII in a bare container.
+    with open(tmp, "w", encoding="ascii") as f:
+        json.dump(data, f, ensure_ascii=True, sort_keys=True)
     os.replace(tmp, path)
 
 

@@ -8,8 +8,6 @@ units have been through the model.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -21,10 +19,12 @@ from tqdm import tqdm
 
 from .models import ModelSpec
 from .outputs import FailureLog, Summary, write_features
-from .producer import Group, Settings, produce
+from .producer import Group, Settings
+from .workers import DecodePool, inline_messages
 
 
 MAX_WAITING_VIDEOS = 32  # decoded videos whose outputs wait for a batch to fill
+DEFAULT_VIDEO_TIMEOUT = 300.0  # seconds a video may go without producing any frame
 
 
 @dataclass
@@ -53,64 +53,15 @@ def make_groups(specs: Sequence[ModelSpec]) -> list[Group]:
     return [Group(tuple(names), *key) for key, names in groups.items()]
 
 
-def _worker(job_queue, result_queue, groups, settings) -> None:
-    while True:
-        item = job_queue.get()
-        if item is None:
-            return
-        video_id, path, active = item
-        for message in produce(video_id, path, groups, settings, active):
-            result_queue.put(message)
-        result_queue.put(("done", video_id))
-
-
 def _active_groups(groups: Sequence[Group], job: Job) -> tuple[int, ...]:
     return tuple(i for i, g in enumerate(groups) if any(m in job.outputs for m in g.models))
-
-
-def _messages(jobs: Sequence[Job], groups, settings, workers: int) -> Iterator[tuple]:
-    """All producer messages for all jobs; videos are decoded in parallel when workers > 0."""
-    if workers <= 0:
-        for video_id, job in enumerate(jobs):
-            yield from produce(video_id, str(job.video_path), groups, settings,
-                               _active_groups(groups, job))
-            yield ("done", video_id)
-        return
-    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
-    job_queue = ctx.Queue()
-    # Bounded, so decoders cannot run ahead of the models and fill RAM.
-    result_queue = ctx.Queue(maxsize=4 * workers + 8)
-    procs = [ctx.Process(target=_worker, args=(job_queue, result_queue, groups, settings),
-                         daemon=True) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    for video_id, job in enumerate(jobs):
-        job_queue.put((video_id, str(job.video_path), _active_groups(groups, job)))
-    for _ in procs:
-        job_queue.put(None)
-    remaining = len(jobs)
-    try:
-        while remaining:
-            try:
-                message = result_queue.get(timeout=5)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise RuntimeError("all decode workers exited before finishing") from None
-                continue
-            if message[0] == "done":
-                remaining -= 1
-            yield message
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(timeout=5)
 
 
 class Extractor:
     def __init__(self, specs: Sequence[ModelSpec], models: dict, device: torch.device,
                  settings: Settings, batch_size: int, failure_log: FailureLog,
-                 summary: Summary, workers: int = 0, progress: bool = True):
+                 summary: Summary, workers: int = 0, progress: bool = True,
+                 video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT):
         self.specs = {s.name: s for s in specs}
         self.models = models
         self.device = device
@@ -119,6 +70,7 @@ class Extractor:
         self.failures = failure_log
         self.summary = summary
         self.workers = workers
+        self.video_timeout = video_timeout
         self.progress = progress
         self.groups = make_groups(specs)
         # model -> unit shape -> list of (video_id, first unit index, uint8 array)
@@ -244,13 +196,23 @@ class Extractor:
         self.summary.video_seconds += state.seconds
 
     # -- main loop -------------------------------------------------------------------------
-    def run(self, jobs: Sequence[Job]) -> None:
-        self._bar = tqdm(total=len(jobs), unit="video", disable=not self.progress,
+    def _register(self, jobs: Iterable[Job]) -> Iterator[tuple]:
+        """Hand jobs to the decoders lazily, so a worker process never runs ahead."""
+        for video_id, job in enumerate(jobs):
+            self._videos[video_id] = _VideoState(job)
+            yield video_id, str(job.video_path), _active_groups(self.groups, job)
+
+    def run(self, jobs: Iterable[Job], total: Optional[int] = None) -> None:
+        if total is None and hasattr(jobs, "__len__"):
+            total = len(jobs)
+        self._bar = tqdm(total=total, unit="video", disable=not self.progress,
                          dynamic_ncols=True)
+        pool = DecodePool(self.workers, self.groups, self.settings, self.video_timeout) \
+            if self.workers > 0 else None
+        messages = pool.messages(self._register(jobs)) if pool else \
+            inline_messages(self._register(jobs), self.groups, self.settings)
         try:
-            for video_id, job in enumerate(jobs):
-                self._videos[video_id] = _VideoState(job)
-            for message in _messages(jobs, self.groups, self.settings, self.workers):
+            for message in messages:
                 kind, video_id = message[0], message[1]
                 state = self._videos.get(video_id)
                 if state is None:
@@ -272,4 +234,6 @@ class Extractor:
                         self._flush()
             self._flush()
         finally:
+            if pool is not None:
+                pool.close()
             self._bar.close()

@@ -13,7 +13,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .sampling import ClipSampler
-from .video import DecodeSpec, VideoError, VideoInfo, decode, open_video, probe_container
+from .video import (DecodeSpec, VideoError, VideoInfo, decode_container, open_video,
+                    probe_container)
 
 FRAME_CHUNK = 16  # frames per message for frame models: small enough to stream, big enough to amortise
 
@@ -85,55 +86,59 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
     """Yield the messages for one video; never raises for a bad video (it yields "error").
 
     `active`: indices of the groups this video still needs (default all); group indices in
-    the messages always refer to `groups`.
+    the messages always refer to `groups`. The file is opened once, for probe and decode.
     """
     active = list(range(len(groups))) if active is None else list(active)
+    stage = "open"
     try:
         with open_video(path) as container:
+            stage = "probe"
             info = probe_container(container, path)
+            yield ("info", video_id, info)
+            stage = "decode"
+            frames = yield from _units(video_id, container, info, groups, active, settings)
+            # For the progress rate only: WebM/MKV streams have no duration of their own.
+            seconds = info.duration or (container.duration or 0) / 1e6
     except VideoError as exc:
         yield ("error", video_id, exc.stage, str(exc))
         return
     except Exception as exc:  # an unexpected FFmpeg/PyAV failure is still a per-video failure
-        yield ("error", video_id, "probe", f"{type(exc).__name__}: {exc}")
+        yield ("error", video_id, stage, f"{type(exc).__name__}: {exc}")
         return
-    yield ("info", video_id, info)
+    if not frames:
+        yield ("error", video_id, "decode", "the decoder produced no frames")
+        return
+    yield ("end", video_id, seconds)
+
+
+def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
+           active: list[int], settings: Settings):
+    """Yield "units" messages; return how many frames the decode graph produced."""
     specs, routes = plan_branches([groups[i] for i in active], settings, info)
     samplers: list[Optional[ClipSampler]] = [
         ClipSampler(settings.clip_len, info.fps, info.duration, settings.target_fps,
-                    settings.min_num_features) if g.unit == "clip" else None
-        for g in (groups[i] for i in active)]
+                    settings.min_num_features) if groups[i].unit == "clip" else None
+        for i in active]
     pending: list[list[np.ndarray]] = [[] for _ in active]
     frames_seen = [0] * len(specs)
-    try:
-        for branch, frame in decode(path, specs, info, settings.threads):
-            frames_seen[branch] += 1
-            for gi, (group_branch, crop) in enumerate(routes):
-                if group_branch != branch:
-                    continue
-                unit = centre_crop(frame, groups[active[gi]].size) if crop else frame
-                if samplers[gi] is None:
-                    pending[gi].append(unit)
-                    if len(pending[gi]) >= FRAME_CHUNK:
-                        yield ("units", video_id, active[gi], np.stack(pending[gi]))
-                        pending[gi].clear()
-                else:
-                    for clip in samplers[gi].push(np.ascontiguousarray(unit)):
-                        yield ("units", video_id, active[gi], clip[None])
-        for gi, sampler in enumerate(samplers):
-            if sampler is not None:
-                for clip in sampler.finish():
+    for branch, frame in decode_container(container, specs, info, settings.threads):
+        frames_seen[branch] += 1
+        for gi, (group_branch, crop) in enumerate(routes):
+            if group_branch != branch:
+                continue
+            unit = centre_crop(frame, groups[active[gi]].size) if crop else frame
+            if samplers[gi] is None:
+                pending[gi].append(unit)
+                if len(pending[gi]) >= FRAME_CHUNK:
+                    yield ("units", video_id, active[gi], np.stack(pending[gi]))
+                    pending[gi].clear()
+            else:
+                for clip in samplers[gi].push(np.ascontiguousarray(unit)):
                     yield ("units", video_id, active[gi], clip[None])
-            elif pending[gi]:
-                yield ("units", video_id, active[gi], np.stack(pending[gi]))
-    except VideoError as exc:
-        yield ("error", video_id, exc.stage, str(exc))
-        return
-    except Exception as exc:
-        yield ("error", video_id, "decode", f"{type(exc).__name__}: {exc}")
-        return
-    if not any(frames_seen):
-        yield ("error", video_id, "decode", "the decoder produced no frames")
-        return
-    seconds = info.duration if info.duration is not None else frames_seen[0] / 30.0
-    yield ("end", video_id, seconds)
+    for gi, sampler in enumerate(samplers):
+        if sampler is not None:
+            for clip in sampler.finish():
+                yield ("units", video_id, active[gi], clip[None])
+        elif pending[gi]:
+            yield ("units", video_id, active[gi], np.stack(pending[gi]))
+    return sum(frames_seen)

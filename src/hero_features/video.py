@@ -207,33 +207,39 @@ def _drain(sinks, out: list) -> None:
 
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
            threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs.
-
-    Frames of one branch come in time order. Raises VideoError on open/decode failures.
-    """
+    """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
-        if info is None:
-            info = probe_container(container, path)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        graph = source = sinks = None
-        ready: list = []
-        try:
-            for frame in container.decode(stream):
-                if graph is None:
-                    # The display matrix reaches us on the frames, so the graph (which
-                    # needs the rotation) is built when the first frame arrives.
-                    graph, source, sinks = _build_graph(stream, info, specs, getattr(frame, "rotation", 0) or 0)
-                source.push(frame)
-                _drain(sinks, ready)
-                yield from ready
-                ready.clear()
+        yield from decode_container(container, specs,
+                                    info or probe_container(container, path), threads)
+
+
+def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
+                     threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs.
+
+    Frames of one branch come in time order. Raises VideoError on decode failures.
+    """
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
+    graph = source = sinks = None
+    ready: list = []
+    try:
+        for frame in container.decode(stream):
             if graph is None:
-                return
-            source.push(None)
+                # The display matrix reaches us on the frames, so the graph (which needs
+                # the rotation) is built when the first frame arrives.
+                graph, source, sinks = _build_graph(stream, info, specs,
+                                                    getattr(frame, "rotation", 0) or 0)
+            source.push(frame)
             _drain(sinks, ready)
             yield from ready
-        except av.error.FFmpegError as exc:
-            raise VideoError("decode", f"decoding failed: {exc}") from None
+            ready.clear()
+        if graph is None:
+            return
+        source.push(None)
+        _drain(sinks, ready)
+        yield from ready
+    except av.error.FFmpegError as exc:
+        raise VideoError("decode", f"decoding failed: {exc}") from None

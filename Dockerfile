@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1
+#
+# One image for all five models (slowfast, mil-nce, resnet, clip-vit, clip-rn50x4), with their
+# checkpoints baked into /models under their original file names.
+#
+#   docker build -t hero-features:latest .
+#   ./launch_container.sh /path/to/videos /path/to/output
+#
+# Needs BuildKit (the default builder since Docker 23) for RUN --mount.
+#
+# The MIL-NCE checkpoint's original URL is dead, so it cannot be downloaded here: put
+# s3d_howto100m.pth in a `weights/` folder next to this file (or name another folder of the
+# build context with --build-arg WEIGHTS_DIR=...) and the build copies it into /models. Any of
+# the other checkpoints found there is used instead of being downloaded, so an offline build
+# works when all five are present. Without s3d_howto100m.pth the image is still built, with a
+# warning, and mil-nce then needs the file mounted at run time (--weights_dir or
+# $HERO_FEATURES_WEIGHTS); --build-arg REQUIRE_ALL_WEIGHTS=1 makes that a build error.
+
+# CUDA 12.6 builds of PyTorch carry kernels for Maxwell through Hopper (sm_50 to sm_90), so
+# one image runs on H100/H200 and on older cards alike. For Blackwell cards pass e.g.
+# --build-arg BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime.
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG WEIGHTS_DIR=weights
+ARG REQUIRE_ALL_WEIGHTS=0
+
+LABEL org.opencontainers.image.title="hero-features" \
+      org.opencontainers.image.description="HERO/VALUE video features: SlowFast, MIL-NCE S3D, ResNet-152, CLIP ViT-B/32 and RN50x4" \
+      org.opencontainers.image.licenses="MIT"
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# PyAV's wheels bundle FFmpeg, so no system ffmpeg is installed. The base image's CUDA build of
+# torch (and torchvision, when present) is pinned so that no dependency can swap it for a
+# PyPI build. The `pack` extra brings lmdb/msgpack for `hero-features pack`.
+RUN --mount=type=bind,target=/tmp/context,rw \
+    python -c "import importlib.metadata as md; have = {(d.metadata['Name'] or '').lower(): d.version for d in md.distributions()}; print(''.join(f'{n}=={have[n]}\n' for n in ('torch', 'torchvision') if n in have), end='')" > /tmp/torch-constraints.txt \
+    && grep -q '^torch==' /tmp/torch-constraints.txt \
+    && pip install --no-cache-dir --constraint /tmp/torch-constraints.txt "/tmp/context[pack]" \
+    && rm /tmp/torch-constraints.txt \
+    && hero-features --help > /dev/null \
+    && python -c "import av, torch; print('PyAV', av.__version__, 'FFmpeg', av.library_versions['libavcodec'], 'torch', torch.__version__)"
+
+# The download cache survives rebuilds (BuildKit cache mount), so changing the source does not
+# fetch 1.3 GB of checkpoints again; every file is checked against its published sha256 by
+# `hero-features models` before the image is accepted.
+RUN --mount=type=bind,target=/tmp/context \
+    --mount=type=cache,target=/root/.cache/hero-features,id=hero-features-weights \
+    mkdir -p /models \
+    && for f in "/tmp/context/${WEIGHTS_DIR}"/* /root/.cache/hero-features/*; do \
+         case "${f}" in \
+           *.pth|*.pkl|*.pt) \
+             if [ -f "${f}" ] && [ ! -e "/models/${f##*/}" ]; then cp "${f}" /models/; fi ;; \
+         esac; \
+       done \
+    && hero-features download --weights_dir /models --model slowfast,resnet,clip-vit,clip-rn50x4 \
+    && if ! hero-features download --weights_dir /models --model mil-nce; then \
+         if [ "${REQUIRE_ALL_WEIGHTS}" = 1 ]; then exit 1; fi; \
+         echo "WARNING: no s3d_howto100m.pth: put it in ${WEIGHTS_DIR}/ of the build context" \
+              "for mil-nce, or mount it at run time" >&2; \
+       fi \
+    && rm -f /models/*.part /models/*.corrupt \
+    && hero-features models --weights_dir /models | tee /tmp/models.txt \
+    && if grep -q "HASH MISMATCH" /tmp/models.txt; then exit 1; fi \
+    && rm /tmp/models.txt \
+    && for f in /models/*; do \
+         [ -e "/root/.cache/hero-features/${f##*/}" ] || cp "${f}" /root/.cache/hero-features/; \
+       done \
+    && chmod 0755 /models \
+    && chmod 0644 /models/*
+
+# Any uid may run the image (launch_container.sh passes the caller's), so caches go to /tmp.
+# A fixed, numeric id: one the host can resolve in file ownership and that no base image
+# (Ubuntu 24.04 has uid 1000) already uses.
+RUN groupadd --gid 10001 hero \
+    && useradd --no-log-init --create-home --uid 10001 --gid 10001 --shell /bin/bash hero \
+    && mkdir -p /src /video /output \
+    && chown 10001:10001 /src /output
+
+ENV HERO_FEATURES_WEIGHTS=/models \
+    XDG_CACHE_HOME=/tmp/.cache \
+    PYTHONUNBUFFERED=1
+
+USER 10001:10001
+WORKDIR /src
+VOLUME ["/video", "/output"]
+
+CMD ["hero-features", "--help"]

@@ -1,0 +1,142 @@
+"""Decode worker processes: one video at a time each, watched for hangs and crashes.
+
+Every worker has its own job queue and its own result pipe, so a worker that hangs inside
+native decoder code (or dies) can be killed and replaced without corrupting what the other
+workers send; the video it held is reported as failed and the run goes on.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Iterator, Optional, Sequence
+
+from .producer import Group, Settings, produce
+
+
+def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
+    try:
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            video_id, path, active = item
+            for message in produce_fn(video_id, path, groups, settings, active):
+                conn.send(message)
+            conn.send(("done", video_id))
+    except (KeyboardInterrupt, BrokenPipeError):
+        return
+    finally:
+        conn.close()
+
+
+@dataclass
+class _Slot:
+    process: mp.Process
+    jobs: object  # its own job queue
+    conn: object  # read end of its result pipe
+    video_id: Optional[int] = None
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group],
+                    settings: Settings) -> Iterator[tuple]:
+    """Decode in this process (--num_decoding_thread 0): no parallelism, no time limit."""
+    for video_id, path, active in jobs:
+        yield from produce(video_id, path, groups, settings, active)
+        yield ("done", video_id)
+
+
+class DecodePool:
+    """`workers` decode processes fed lazily from an iterator of (video_id, path, groups)."""
+
+    def __init__(self, workers: int, groups: Sequence[Group], settings: Settings,
+                 video_timeout: Optional[float] = None, produce_fn=produce):
+        # produce_fn: a module-level function (it is sent to spawned processes); tests pass
+        # one that hangs or crashes.
+        self.ctx = mp.get_context("spawn")  # never fork a process holding torch / CUDA state
+        self.groups, self.settings = groups, settings
+        self.video_timeout = video_timeout
+        self.produce_fn = produce_fn
+        self.slots = [self._start() for _ in range(max(1, workers))]
+        self.replaced = 0
+
+    def _start(self) -> _Slot:
+        jobs = self.ctx.Queue()
+        reader, writer = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(target=_worker_main,
+                                   args=(jobs, writer, self.groups, self.settings,
+                                         self.produce_fn), daemon=True)
+        process.start()
+        writer.close()  # the child holds its own copy; EOF on ours means the child is gone
+        return _Slot(process, jobs, reader)
+
+    def _replace(self, slot: _Slot) -> _Slot:
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=5)
+        slot.conn.close()
+        self.replaced += 1
+        return self._start()
+
+    def messages(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
+        jobs = iter(jobs)
+        exhausted = False
+        try:
+            while True:
+                for slot in self.slots:  # keep every idle worker busy
+                    if slot.video_id is None and not exhausted:
+                        job = next(jobs, None)
+                        if job is None:
+                            exhausted = True
+                        else:
+                            slot.video_id, slot.last_seen = job[0], time.monotonic()
+                            slot.jobs.put(job)
+                busy = [s for s in self.slots if s.video_id is not None]
+                if not busy:
+                    return
+                ready = wait([s.conn for s in busy], timeout=1.0)
+                now = time.monotonic()
+                for index, slot in enumerate(self.slots):
+                    if slot.video_id is None:
+                        continue
+                    if slot.conn in ready:
+                        try:
+                            message = slot.conn.recv()
+                        except (EOFError, OSError):
+                            message = None
+                        if message is not None:
+                            slot.last_seen = now
+                            if message[0] == "done":
+                                slot.video_id = None
+                            yield message
+                            continue
+                        reason = (f"the decode worker died (exit code "
+                                  f"{slot.process.exitcode}) while decoding this video")
+                    elif self.video_timeout and now - slot.last_seen > self.video_timeout:
+                        reason = (f"no frame decoded for {self.video_timeout:g} s "
+                                  f"(--video_timeout); the decode worker was killed")
+                    else:
+                        continue
+                    video_id = slot.video_id
+                    self.slots[index] = self._replace(slot)
+                    yield ("error", video_id, "decode", reason)
+                    yield ("done", video_id)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            try:
+                slot.jobs.put(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 2
+        for slot in self.slots:
+            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(timeout=5)
+            slot.conn.close()
+        self.slots = []

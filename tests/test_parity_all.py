@@ -1,0 +1,82 @@
+"""Every pipeline against the reference goldens, all models in ONE decode pass per video."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import hero_features.producer as producer
+from helpers import assert_parity, extract, load
+
+from conftest import VIDEOS
+
+ALL = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
+
+
+@pytest.fixture(scope="module")
+def counted_decodes(monkeypatch_module):
+    """How many times each video went through the decoder (decode workers off)."""
+    counts: dict[str, int] = {}
+    real = producer.decode_container
+
+    def counting(container, *args, **kwargs):
+        counts[container.name] = counts.get(container.name, 0) + 1
+        return real(container, *args, **kwargs)
+
+    monkeypatch_module.setattr(producer, "decode_container", counting)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def all_models_15(tmp_path_factory, synthetic_checkpoints, counted_decodes):
+    out = tmp_path_factory.mktemp("all_1.5")
+    status = extract("--model", ",".join(ALL), "--video_path", VIDEOS, "--output_dir", out,
+                     "--clip_len", "3/2", "--num_decoding_thread", "0", "--batch_size", "45",
+                     weights=synthetic_checkpoints)
+    return status, out, dict(counted_decodes)
+
+
+@pytest.mark.parametrize("model", ALL)
+def test_parity_clip_len_1_5_all_models_one_call(all_models_15, model):
+    status, out, _ = all_models_15
+    assert status == 0
+    assert_parity(f"{model}_1.5", out / f"{model}_features")
+
+
+def test_each_video_decoded_once_for_five_models(all_models_15):
+    _, _, counts = all_models_15
+    assert sorted(counts) == sorted(str(p) for p in VIDEOS.glob("*.mp4"))
+    assert set(counts.values()) == {1}
+
+
+def test_slowfast_parity_clip_len_2(tmp_path, synthetic_checkpoints):
+    status = extract("--model", "slowfast", "--video_path", VIDEOS, "--output_dir", tmp_path,
+                     "--clip_len", "2", "--num_decoding_thread", "2", "--batch_size", "3",
+                     weights=synthetic_checkpoints)
+    assert status == 0
+    assert_parity("slowfast_2", tmp_path / "slowfast_features")
+
+
+def test_combined_run_equals_separate_runs(tmp_path, synthetic_checkpoints, all_models_15):
+    """resnet + clip-vit share one decode branch (the crop is cut from the uncropped frame);
+    the result must equal single-model runs, and batch size must not matter."""
+    video_dir = tmp_path / "v"
+    video_dir.mkdir()
+    shutil.copy(VIDEOS / "carphone_pristine.mp4", video_dir)
+    for model in ("resnet", "clip-vit"):
+        assert extract("--model", model, "--video_path", video_dir, "--output_dir",
+                       tmp_path / model, "--clip_len", "1.5", "--num_decoding_thread", "0",
+                       "--batch_size", "1", weights=synthetic_checkpoints) == 0
+        separate = load(tmp_path / model / f"{model}_features" / "carphone_pristine.npz")
+        combined = load(all_models_15[1] / f"{model}_features" / "carphone_pristine.npz")
+        assert separate.shape == combined.shape
+        # batch 1 vs 45 across videos: float noise only
+        np.testing.assert_allclose(separate.astype(np.float32), combined.astype(np.float32),
+                                   atol=2e-3, rtol=2e-3)
