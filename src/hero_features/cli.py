@@ -184,15 +184,12 @@ def _pick_device(name: Optional[str]):
 
 
 def cmd_extract(args) -> int:
-    import torch
-
     from .manifest import is_complete
     from .models import get_spec
     from .outputs import FailureLog, Summary
-    from .pipeline import Extractor
-    from .producer import Settings
+    from .pipeline import RunConfig, run_on_device
     from .sampling import ClipSampler, parse_clip_len
-    from .weights import WeightsError, resolve_checkpoint
+    from .weights import WeightsError
 
     models = _model_list(args.model)
     if not models:
@@ -237,27 +234,19 @@ def cmd_extract(args) -> int:
         else:
             summary.skipped += 1
 
-    built = {}
-    if todo:
-        for spec in specs:
-            try:
-                path = resolve_checkpoint(spec.checkpoint, args.weights_dir, checkpoint,
-                                          download=not args.no_download)
-                built[spec.name] = spec.build(path, device)
-            except (WeightsError, ValueError, RuntimeError, OSError) as exc:
-                raise UsageError(f"cannot load the {spec.name} model: {exc}") from None
-    if device.type == "cuda":
-        # Parity with the reference's fp32 numbers needs full-precision matmuls and convs.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
+    config = RunConfig(
+        models=models, clip_len=clip_len, batch_size=args.batch_size,
+        workers=args.num_decoding_thread, target_fps=args.target_framerate,
+        min_num_features=args.min_num_features, weights_dir=args.weights_dir,
+        checkpoint=checkpoint, download=not args.no_download,
+        video_timeout=args.video_timeout or None, output_dir=args.output_dir,
+        progress=not args.no_progress)
     failures = FailureLog(args.output_dir)
-    settings = Settings(clip_len=clip_len, target_fps=args.target_framerate,
-                        min_num_features=args.min_num_features)
-    extractor = Extractor(specs, built, device, settings, args.batch_size, failures, summary,
-                          workers=args.num_decoding_thread, progress=not args.no_progress,
-                          video_timeout=args.video_timeout or None)
-    extractor.run(todo)
+    try:
+        if todo:
+            run_on_device(config, device, todo, summary, failures)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
     for line in summary.lines():
         print(line, file=sys.stderr)
     if summary.failed:

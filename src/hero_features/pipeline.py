@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from fractions import Fraction
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .models import ModelSpec
+from .models import ModelSpec, get_spec
 from .outputs import FailureLog, Summary, write_features
 from .producer import Group, Settings
+from .weights import WeightsError, resolve_checkpoint
 from .workers import DecodePool, inline_messages
 
 
@@ -61,7 +63,9 @@ class Extractor:
     def __init__(self, specs: Sequence[ModelSpec], models: dict, device: torch.device,
                  settings: Settings, batch_size: int, failure_log: FailureLog,
                  summary: Summary, workers: int = 0, progress: bool = True,
-                 video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT):
+                 video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT,
+                 on_finish: Optional[Callable[[Job, bool], None]] = None):
+        # on_finish(job, ok): called once per video when it is written or has failed.
         self.specs = {s.name: s for s in specs}
         self.models = models
         self.device = device
@@ -71,6 +75,7 @@ class Extractor:
         self.summary = summary
         self.workers = workers
         self.video_timeout = video_timeout
+        self.on_finish = on_finish
         self.progress = progress
         self.groups = make_groups(specs)
         # model -> unit shape -> list of (video_id, first unit index, uint8 array)
@@ -163,14 +168,17 @@ class Extractor:
         del self._videos[video_id]
         if state.failed:
             self.summary.failed += 1
+            ok = False
         else:
-            self._write(state)
+            ok = self._write(state)
+        if self.on_finish is not None:
+            self.on_finish(state.job, ok)
         self._bar.update(1)
         self._bar.set_postfix_str(
             f"{self.summary.video_seconds / max(self._bar.format_dict['elapsed'], 1e-9):.1f} "
             f"video-s/s, {self.summary.failed} failed")
 
-    def _write(self, state: _VideoState) -> None:
+    def _write(self, state: _VideoState) -> bool:
         job = state.job
         try:
             for model, path in job.outputs.items():
@@ -186,14 +194,15 @@ class Extractor:
             self.summary.failed += 1
             if exc.errno in (28, 30):  # disk full / read-only file system: nothing else can land
                 raise
-            return
+            return False
         except ValueError as exc:
             for model in job.outputs:
                 self.failures.record(job.video_path, model, "decode", str(exc))
             self.summary.failed += 1
-            return
+            return False
         self.summary.done += 1
         self.summary.video_seconds += state.seconds
+        return True
 
     # -- main loop -------------------------------------------------------------------------
     def _register(self, jobs: Iterable[Job]) -> Iterator[tuple]:
@@ -237,3 +246,60 @@ class Extractor:
             if pool is not None:
                 pool.close()
             self._bar.close()
+
+
+@dataclass
+class RunConfig:
+    """Everything an extraction needs besides the device and the jobs (picklable, so the
+    multi-GPU and Ray backends can hand it to their workers)."""
+
+    models: list
+    clip_len: Fraction
+    batch_size: int = 32
+    workers: int = 2
+    target_fps: int = 30
+    min_num_features: int = 1
+    weights_dir: Optional[Path] = None
+    checkpoint: Optional[Path] = None  # only with a single model
+    download: bool = True
+    video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT
+    output_dir: Path = Path("output")
+    progress: bool = True
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(clip_len=self.clip_len, target_fps=self.target_fps,
+                        min_num_features=self.min_num_features)
+
+
+def load_models(config: RunConfig, device: torch.device) -> dict:
+    """Each requested model on `device`, its checkpoint found (or fetched) and strictly loaded."""
+    built = {}
+    for name in config.models:
+        spec = get_spec(name)
+        try:
+            path = resolve_checkpoint(spec.checkpoint, config.weights_dir, config.checkpoint,
+                                      download=config.download)
+            built[name] = spec.build(path, device)
+        except WeightsError:
+            raise
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise WeightsError(f"cannot load the {name} model: {exc}") from None
+    if device.type == "cuda":
+        # Parity with the reference's fp32 numbers needs full-precision matmuls and convs.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return built
+
+
+def run_on_device(config: RunConfig, device: torch.device, jobs: Iterable[Job],
+                  summary: Summary, failures: FailureLog, progress: Optional[bool] = None,
+                  on_finish: Optional[Callable[[Job, bool], None]] = None,
+                  total: Optional[int] = None) -> None:
+    """The single-host pipeline on one device: the unit every backend reuses."""
+    specs = [get_spec(name) for name in config.models]
+    extractor = Extractor(specs, load_models(config, device), device, config.settings,
+                          config.batch_size, failures, summary, workers=config.workers,
+                          progress=config.progress if progress is None else progress,
+                          video_timeout=config.video_timeout, on_finish=on_finish)
+    extractor.run(jobs, total=total)
