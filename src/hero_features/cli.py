@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a video may go without producing a frame before its decode "
                         "worker is killed and the video logged as failed (0 = no limit; needs "
                         "--num_decoding_thread >= 1)")
+    e.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp32: the reference's precision (CLIP in fp16 on CUDA, as the "
+                        "reference ran it); fp16/bf16: autocast every model, faster, parity "
+                        "in docs/benchmarks.md")
     e.add_argument("--no_progress", "--no-progress", action="store_true")
     e.add_argument("--no_download", "--no-download", action="store_true",
                    help="never download a missing checkpoint")
@@ -240,13 +244,19 @@ def cmd_extract(args) -> int:
         min_num_features=args.min_num_features, weights_dir=args.weights_dir,
         checkpoint=checkpoint, download=not args.no_download,
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
-        progress=not args.no_progress)
+        progress=not args.no_progress, precision=args.precision)
     failures = FailureLog(args.output_dir)
     try:
         if todo:
             run_on_device(config, device, todo, summary, failures)
     except WeightsError as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        # Finished videos are complete files; the rest are redone by a rerun.
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+        print("hero-features: interrupted; rerun the same command to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
     for line in summary.lines():
         print(line, file=sys.stderr)
     if summary.failed:
@@ -325,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hero-features: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

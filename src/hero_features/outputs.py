@@ -61,6 +61,7 @@ class Summary:
     failed: int = 0
     video_seconds: float = 0.0
     rows: dict = field(default_factory=dict)  # model -> feature rows written
+    model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
     started: float = field(default_factory=time.monotonic)
 
     def lines(self) -> list[str]:
@@ -69,5 +70,8 @@ class Summary:
                f"{self.failed} failed, of {self.videos}",
                f"video time: {self.video_seconds / 3600:.3f} h in {wall:.1f} s "
                f"({self.video_seconds / wall:.1f} video-s/s)"]
-        out += [f"  {model}: {rows} feature rows" for model, rows in sorted(self.rows.items())]
+        for model, rows in sorted(self.rows.items()):
+            busy = self.model_seconds.get(model, 0.0)
+            rate = f", {rows / busy:.1f} rows/s while running" if busy > 0 else ""
+            out.append(f"  {model}: {rows} feature rows, {busy:.1f} s in the model{rate}")
         return out

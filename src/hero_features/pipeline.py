@@ -8,9 +8,13 @@ units have been through the model.
 """
 from __future__ import annotations
 
+import errno
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -26,6 +30,10 @@ from .workers import DecodePool, inline_messages
 
 
 MAX_WAITING_VIDEOS = 32  # decoded videos whose outputs wait for a batch to fill
+# --precision: fp32 is the reference's (CLIP still runs in fp16 on CUDA, as the reference
+# did); fp16 / bf16 run every model under autocast, trading parity for speed (see
+# docs/benchmarks.md for what each keeps).
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_VIDEO_TIMEOUT = 300.0  # seconds a video may go without producing any frame
 
 
@@ -64,7 +72,8 @@ class Extractor:
                  settings: Settings, batch_size: int, failure_log: FailureLog,
                  summary: Summary, workers: int = 0, progress: bool = True,
                  video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT,
-                 on_finish: Optional[Callable[[Job, bool], None]] = None):
+                 on_finish: Optional[Callable[[Job, bool], None]] = None,
+                 precision: str = "fp32"):
         # on_finish(job, ok): called once per video when it is written or has failed.
         self.specs = {s.name: s for s in specs}
         self.models = models
@@ -76,6 +85,12 @@ class Extractor:
         self.workers = workers
         self.video_timeout = video_timeout
         self.on_finish = on_finish
+        self.autocast_dtype = PRECISIONS[precision]
+        self.model_seconds = summary.model_seconds  # model -> seconds, reported at the end
+        self._in_flight = None  # the last launched batch, collected after the next launch
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._fatal: Optional[BaseException] = None
         self.progress = progress
         self.groups = make_groups(specs)
         # model -> unit shape -> list of (video_id, first unit index, uint8 array)
@@ -119,37 +134,67 @@ class Extractor:
         for model, shapes in self._queued.items():
             for shape in list(shapes):
                 self._run(model, shape)
+        if self._in_flight is not None:
+            launched, self._in_flight = self._in_flight, None
+            self._collect(launched)
 
     @torch.inference_mode()
     def _forward(self, model: str, batch: list) -> None:
+        """Launch one batch; its rows are collected after the NEXT batch is launched, so on a
+        GPU the copy back and the bookkeeping overlap with compute."""
         spec = self.specs[model]
         live = [(v, s, u) for v, s, u in batch if not self._videos[v].failed]
+        started = time.perf_counter()
+        rows = done = None
         if live:
             host = torch.from_numpy(np.concatenate([u for _, _, u in live]))
-            if self.device.type == "cuda":
-                host = host.pin_memory()
+            cuda = self.device.type == "cuda"
             try:
-                x = spec.preprocess(host.to(self.device, non_blocking=True))
-                features = self.models[model](x).float()
+                if cuda:
+                    host = host.pin_memory()
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    x = spec.preprocess(host.to(self.device, non_blocking=True))
+                    features = self.models[model](x).float()
                 if spec.l2_normalize:
                     features = F.normalize(features, dim=1)
-                rows = features.to(torch.float16).cpu().numpy()
+                features = features.to(torch.float16)
+                if cuda:
+                    rows = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
+                    rows.copy_(features, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                else:
+                    rows = features
             except Exception as exc:  # e.g. CUDA out of memory: lose these videos, not the run
                 for video_id in {v for v, _, _ in live}:
                     self._fail(video_id, "model", f"{model}: {type(exc).__name__}: {exc}")
                 rows = None
+        previous, self._in_flight = self._in_flight, (model, batch, live, rows, done, started)
+        if previous is not None:
+            self._collect(previous)
+        if self.device.type != "cuda":
+            self._collect(self._in_flight)
+            self._in_flight = None
+
+    def _collect(self, launched) -> None:
+        model, batch, live, rows, done, started = launched
+        if done is not None:
+            done.synchronize()
+        self.model_seconds[model] = self.model_seconds.get(model, 0.0) + \
+            time.perf_counter() - started
+        if rows is not None:
+            rows = rows.numpy()
             offset = 0
             for video_id, start, units in live:
                 state = self._videos[video_id]
-                if rows is not None and not state.failed:
-                    chunk = rows[offset:offset + len(units)]
+                if not state.failed:
                     table = state.rows.setdefault(model, {})
-                    for i, row in enumerate(chunk):
-                        table[start + i] = row
+                    for i in range(len(units)):
+                        table[start + i] = rows[offset + i]
                 offset += len(units)
         for video_id, _, _ in batch:
-            state = self._videos[video_id]
-            state.pending -= 1
+            self._videos[video_id].pending -= 1
             self._maybe_finish(video_id)
 
     # -- per-video bookkeeping ----------------------------------------------------------------
@@ -167,18 +212,34 @@ class Extractor:
             return
         del self._videos[video_id]
         if state.failed:
-            self.summary.failed += 1
-            ok = False
-        else:
+            self._finished(state, False)
+        else:  # fsync'd writes run on a background thread so the device keeps working
+            self._writer.submit(self._write_and_report, state)
+
+    def _write_and_report(self, state: _VideoState) -> None:
+        try:
             ok = self._write(state)
-        if self.on_finish is not None:
-            self.on_finish(state.job, ok)
-        self._bar.update(1)
-        self._bar.set_postfix_str(
-            f"{self.summary.video_seconds / max(self._bar.format_dict['elapsed'], 1e-9):.1f} "
-            f"video-s/s, {self.summary.failed} failed")
+        except OSError as exc:  # disk full / read-only: nothing else can land, stop the run
+            self._fatal = exc
+            ok = False
+        self._finished(state, ok)
+
+    def _finished(self, state: _VideoState, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.summary.done += 1
+                self.summary.video_seconds += state.seconds
+            else:
+                self.summary.failed += 1
+            if self.on_finish is not None:
+                self.on_finish(state.job, ok)
+            self._bar.update(1)
+            elapsed = max(self._bar.format_dict["elapsed"], 1e-9)
+            self._bar.set_postfix_str(f"{self.summary.video_seconds / elapsed:.1f} video-s/s, "
+                                      f"{self.summary.failed} failed")
 
     def _write(self, state: _VideoState) -> bool:
+        """Write every model's file of one video; False (and logged) if it cannot be done."""
         job = state.job
         try:
             for model, path in job.outputs.items():
@@ -187,21 +248,18 @@ class Extractor:
                     raise ValueError(f"{model}: no feature rows (no frames or clips decoded)")
                 features = np.stack([table[i] for i in range(len(table))])
                 write_features(path, features)
-                self.summary.rows[model] = self.summary.rows.get(model, 0) + len(features)
+                with self._lock:
+                    self.summary.rows[model] = self.summary.rows.get(model, 0) + len(features)
         except OSError as exc:
             for model in job.outputs:
                 self.failures.record(job.video_path, model, "write", f"{type(exc).__name__}: {exc}")
-            self.summary.failed += 1
-            if exc.errno in (28, 30):  # disk full / read-only file system: nothing else can land
+            if exc.errno in (errno.ENOSPC, errno.EROFS):
                 raise
             return False
         except ValueError as exc:
             for model in job.outputs:
                 self.failures.record(job.video_path, model, "decode", str(exc))
-            self.summary.failed += 1
             return False
-        self.summary.done += 1
-        self.summary.video_seconds += state.seconds
         return True
 
     # -- main loop -------------------------------------------------------------------------
@@ -222,6 +280,8 @@ class Extractor:
             inline_messages(self._register(jobs), self.groups, self.settings)
         try:
             for message in messages:
+                if self._fatal is not None:
+                    raise self._fatal
                 kind, video_id = message[0], message[1]
                 state = self._videos.get(video_id)
                 if state is None:
@@ -245,7 +305,10 @@ class Extractor:
         finally:
             if pool is not None:
                 pool.close()
+            self._writer.shutdown(wait=True)
             self._bar.close()
+        if self._fatal is not None:
+            raise self._fatal
 
 
 @dataclass
@@ -265,6 +328,7 @@ class RunConfig:
     video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT
     output_dir: Path = Path("output")
     progress: bool = True
+    precision: str = "fp32"
 
     @property
     def settings(self) -> Settings:
@@ -301,5 +365,6 @@ def run_on_device(config: RunConfig, device: torch.device, jobs: Iterable[Job],
     extractor = Extractor(specs, load_models(config, device), device, config.settings,
                           config.batch_size, failures, summary, workers=config.workers,
                           progress=config.progress if progress is None else progress,
-                          video_timeout=config.video_timeout, on_finish=on_finish)
+                          video_timeout=config.video_timeout, on_finish=on_finish,
+                          precision=config.precision)
     extractor.run(jobs, total=total)
