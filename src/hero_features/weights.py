@@ -8,7 +8,9 @@ download exists, and verified against the published sha256 before it is renamed 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -93,31 +95,19 @@ def verify(path: Path, ckpt: Checkpoint) -> Optional[bool]:
 
 def download_checkpoint(ckpt: Checkpoint, target_dir: Path,
                         weights_dir: Optional[Path] = None, timeout: float = 30.0) -> Path:
-    target_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(_missing_message(ckpt, weights_dir, f"cannot create {target_dir}: "
+                                                               f"{exc}")) from None
     final = target_dir / ckpt.filename
     partial = target_dir / (ckpt.filename + ".part")
-    have = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(ckpt.url, headers={"User-Agent": "hero-features"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(_missing_message(ckpt, weights_dir, str(exc))) from None
-    with response:
-        resumed = response.status == 206
-        total = response.headers.get("Content-Length")
-        total = int(total) + (have if resumed else 0) if total else None
-        with open(partial, "ab" if resumed else "wb") as out, tqdm(
-                total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
-                desc=f"downloading {ckpt.filename}") as bar:
-            try:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            except OSError as exc:
-                raise WeightsError(f"download of {ckpt.url} interrupted ({exc}); rerun to "
-                                   f"resume from {partial}") from None
+    if not _fetch(ckpt, partial, weights_dir, timeout):
+        # The server cannot continue this .part (it ignores or rejects its resume point).
+        partial.unlink(missing_ok=True)
+        if not _fetch(ckpt, partial, weights_dir, timeout):
+            raise WeightsError(f"{ckpt.url} answered a whole-file request with a partial "
+                               f"response; cannot download {ckpt.filename}")
     if verify(partial, ckpt) is False:
         bad = partial.with_suffix(".corrupt")
         shutil.move(partial, bad)
@@ -125,6 +115,69 @@ def download_checkpoint(ckpt: Checkpoint, target_dir: Path,
                            f"sha256 {ckpt.sha256}; kept as {bad}")
     os.replace(partial, final)
     return final
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
+
+
+def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """(first byte, total size) of a Content-Range header; None where absent or '*'."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not match:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first is not None else None,
+            int(total) if total not in (None, "*") else None)
+
+
+def _fetch(ckpt: Checkpoint, partial: Path, weights_dir: Optional[Path],
+           timeout: float) -> bool:
+    """Bring `partial` up to the whole file, continuing from its current size.
+
+    False when the server will not continue from there, so the caller starts over. A transfer
+    that ends early raises and keeps the .part for the next run: urllib returns a short body
+    without complaint when the connection drops, so the byte count is checked here.
+    """
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(ckpt.url, headers={"User-Agent": "hero-features"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and have:
+            # Nothing left past our size: the .part is already whole when its size is the
+            # file's (a run stopped between the last byte and the rename).
+            return _content_range(exc.headers.get("Content-Range"))[1] == have
+        raise WeightsError(_missing_message(ckpt, weights_dir, str(exc))) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise WeightsError(_missing_message(ckpt, weights_dir, str(exc))) from None
+    with response:
+        resumed = response.status == 206
+        if resumed:
+            first, total = _content_range(response.headers.get("Content-Range"))
+            if first != have:
+                return False
+        else:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        received = have if resumed else 0
+        with open(partial, "ab" if resumed else "wb") as out, tqdm(
+                total=total, initial=received, unit="B", unit_scale=True,
+                desc=f"downloading {ckpt.filename}") as bar:
+            try:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+            except (OSError, http.client.HTTPException) as exc:
+                raise WeightsError(f"download of {ckpt.url} interrupted ({exc}); rerun to "
+                                   f"resume from {partial}") from None
+    if total is not None and received < total:
+        raise WeightsError(f"download of {ckpt.url} stopped at {received} of {total} bytes; "
+                           f"rerun to resume from {partial}")
+    return True
 
 
 def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:

@@ -1,0 +1,11 @@
+"""The reference's mil-nce/gather_video_paths.py flags, run by hero_features.legacy."""
+import sys
+from pathlib import Path
+
+# A checkout runs without installing the package (the container mounts it at /src).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from hero_features.legacy import gather_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(gather_main("mil-nce"))

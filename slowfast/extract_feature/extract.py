@@ -1,0 +1,11 @@
+"""The reference's SlowFast extract.py command line, run by hero_features.legacy."""
+import sys
+from pathlib import Path
+
+# A checkout runs without installing the package (the container mounts it at /src).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from hero_features.legacy import extract_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(extract_main("slowfast"))
