@@ -274,8 +274,9 @@ class Extractor:
             total = len(jobs)
         self._bar = tqdm(total=total, unit="video", disable=not self.progress,
                          dynamic_ncols=True)
-        pool = DecodePool(self.workers, self.groups, self.settings, self.video_timeout) \
-            if self.workers > 0 else None
+        workers = self.workers if total is None else min(self.workers, total)
+        pool = DecodePool(workers, self.groups, self.settings, self.video_timeout) \
+            if workers > 0 else None
         messages = pool.messages(self._register(jobs)) if pool else \
             inline_messages(self._register(jobs), self.groups, self.settings)
         try:

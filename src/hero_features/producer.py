@@ -13,7 +13,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .sampling import ClipSampler
-from .video import (DecodeSpec, VideoError, VideoInfo, decode_container, open_video,
+from .video import (DecodeSpec, VideoError, VideoInfo, assess, decode_container, open_video,
                     probe_container)
 
 FRAME_CHUNK = 16  # frames per message for frame models: small enough to stream, big enough to amortise
@@ -40,8 +40,9 @@ class Settings:
 # Messages sent back to the main process, in order per video:
 #   ("info", video_id, VideoInfo)
 #   ("units", video_id, group_index, uint8 array (n, ...))
+#   ("warning", video_id, stage, message)  features follow, but from a damaged stream
 #   ("end", video_id, seconds of video decoded)
-#   ("error", video_id, stage, message)
+#   ("error", video_id, stage, message)  instead of "end": the video failed; drop its units
 
 
 def frame_rate(unit: str, settings: Settings, info: VideoInfo) -> str:
@@ -96,7 +97,8 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
             info = probe_container(container, path)
             yield ("info", video_id, info)
             stage = "decode"
-            frames = yield from _units(video_id, container, info, groups, active, settings)
+            frames, report = yield from _units(video_id, container, info, groups, active,
+                                               settings)
             # For the progress rate only: WebM/MKV streams have no duration of their own.
             seconds = info.duration or (container.duration or 0) / 1e6
     except VideoError as exc:
@@ -105,15 +107,33 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
     except Exception as exc:  # an unexpected FFmpeg/PyAV failure is still a per-video failure
         yield ("error", video_id, stage, f"{type(exc).__name__}: {exc}")
         return
-    if not frames:
-        yield ("error", video_id, "decode", "the decoder produced no frames")
+    # None only when something wraps decode_container without passing its report on.
+    verdict = assess(report) if report is not None else None
+    if verdict is not None and verdict[0] == "failure":
+        yield ("error", video_id, "decode", verdict[1])
         return
+    if not frames:
+        yield ("error", video_id, "decode", _too_short(report, groups, active, settings, info))
+        return
+    if verdict is not None:
+        yield ("warning", video_id, "decode", verdict[1])
     yield ("end", video_id, seconds)
+
+
+def _too_short(report, groups: Sequence[Group], active: list[int], settings: Settings,
+               info: VideoInfo) -> str:
+    rates = sorted({frame_rate(groups[i].unit, settings, info) for i in active})
+    if report is None:
+        return "the decode graph produced no frames"
+    span = f"{report.end:.3g} s" if report.end is not None else "an unknown time"
+    return (f"too short: {report.frames} decoded frame(s) spanning {span} give no frame when "
+            f"sampled at {' / '.join(f'{float(r):.3g}' for r in rates)} fps, as the "
+            f"reference samples")
 
 
 def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
            active: list[int], settings: Settings):
-    """Yield "units" messages; return how many frames the decode graph produced."""
+    """Yield "units" messages; return (frames the decode graph produced, DecodeReport)."""
     specs, routes = plan_branches([groups[i] for i in active], settings, info)
     samplers: list[Optional[ClipSampler]] = [
         ClipSampler(settings.clip_len, info.fps, info.duration, settings.target_fps,
@@ -121,7 +141,13 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
         for i in active]
     pending: list[list[np.ndarray]] = [[] for _ in active]
     frames_seen = [0] * len(specs)
-    for branch, frame in decode_container(container, specs, info, settings.threads):
+    decoding = decode_container(container, specs, info, settings.threads)
+    while True:
+        try:
+            branch, frame = next(decoding)
+        except StopIteration as stop:
+            report = stop.value
+            break
         frames_seen[branch] += 1
         for gi, (group_branch, crop) in enumerate(routes):
             if group_branch != branch:
@@ -141,4 +167,4 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
                 yield ("units", video_id, active[gi], clip[None])
         elif pending[gi]:
             yield ("units", video_id, active[gi], np.stack(pending[gi]))
-    return sum(frames_seen)
+    return sum(frames_seen), report

@@ -7,12 +7,13 @@ and yield frames as the graph produces them, so memory does not grow with the vi
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import av
 import av.error
@@ -29,12 +30,38 @@ class VideoError(Exception):
 
 
 # Demuxers that open further files or URLs named inside the input (playlists, concat lists,
-# image sequences, network session descriptions). A scraped "video" must never make us read
-# anything but itself.
+# image sequences, network session descriptions, DVD structures, scripts). A scraped "video"
+# must never make us read anything but itself. They are kept off FFmpeg's format whitelist,
+# so they are refused after probing and BEFORE they read their header: the concat demuxer
+# opens the first listed file while reading its header, through a context of its own that
+# does not use our io_open hook.
 _DEMUXERS_THAT_OPEN_OTHER_FILES = frozenset({
     "hls", "applehttp", "concat", "dash", "webm_dash_manifest", "image2", "imf", "sdp", "rtp",
-    "rtsp", "tee", "lavfi", "ffmetadata",
+    "rtsp", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
 })
+_FORMAT_WHITELIST = ",".join(sorted(name for name in av.formats_available
+                                    if not set(name.split(",")) & _DEMUXERS_THAT_OPEN_OTHER_FILES))
+# What refused files usually are, to name them in the failure message.
+_SIGNATURES = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat version", "an ffconcat list"),
+               (b"<?xml", "an XML manifest (DASH/IMF?)"), (b"<MPD", "a DASH manifest"),
+               (b"v=0", "an SDP session description"))
+# A single picture (FFmpeg's *_pipe image demuxers) or text rendered as frames (tty) gives a
+# "video" of one still, which is never what a video corpus meant to hold.
+_NOT_VIDEO_DEMUXERS = frozenset({"image2pipe", "tty"})
+
+# Beyond these a frame costs hundreds of MB before scaling (16384x8192 still fits 16K
+# 360-degree video), and a short side this many times shorter than the long one makes the
+# uncropped models (resnet) run on images of 224 x 3600+ pixels: such files are not videos
+# anyone meant to extract, but they can exhaust a worker's or the device's memory.
+MAX_PIXELS = 16384 * 8192
+MAX_ASPECT_RATIO = 16
+
+# Decoding keeps going past packets the decoder rejects, as the reference's ffmpeg CLI did;
+# above this share of damaged packets the features would mostly describe concealment.
+MAX_DAMAGED_SHARE = 0.1
+# Containers whose stream durations come from their header (not estimated from timestamps
+# or the bitrate), so that a stream ending well before it is a truncated file.
+_HEADER_DURATION_FORMATS = frozenset({"mov", "matroska", "avi", "asf"})
 
 
 @dataclass(frozen=True)
@@ -103,37 +130,81 @@ def rotation_filters(display_rotation: float) -> list[tuple[str, str]]:
     return []
 
 
-def _guarded_opener(path: str):
-    """io_open hook: FFmpeg may open only the file it was given, nothing it names."""
+def _guarded_opener(path: str, refused: list):
+    """io_open hook: FFmpeg may open only the file it was given, nothing it names. Refused
+    URLs are appended to `refused`: FFmpeg reports the failure as mere "invalid data"."""
     wanted = os.path.realpath(path)
 
     def io_open(url, flags, options):
         target = url[len("file:"):] if url.startswith("file:") else url
         if os.path.realpath(target) != wanted or flags != 1:  # 1 = AVIO_FLAG_READ
+            refused.append(url)
             raise PermissionError(f"refusing to open {url!r} named inside {path!r}")
         return open(wanted, "rb")
 
     return io_open
 
 
-def open_video(path: str | os.PathLike) -> av.container.InputContainer:
-    path = os.fspath(path)
+def _check_file(path: str) -> None:
+    """Fail with the real reason before FFmpeg turns it into "invalid data"."""
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
         raise VideoError("open", f"file does not exist: {path}")
     if not os.path.isfile(path):
+        # Never open a FIFO or device: opening a FIFO blocks until someone writes to it.
         raise VideoError("open", f"not a regular file: {path}")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise VideoError("open", f"cannot read the file: {exc.strerror}: {path}") from None
+    try:
+        empty = os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+    if empty:
+        raise VideoError("open", f"empty file (0 bytes): {path}")
+
+
+def _sniff(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        return None
+    return next((what for signature, what in _SIGNATURES if head.startswith(signature)), None)
+
+
+def open_video(path: str | os.PathLike) -> av.container.InputContainer:
+    path = os.fspath(path)
+    _check_file(path)
+    refused: list[str] = []
     try:
         container = av.open(
             path,
-            container_options={"protocol_whitelist": "file"},
-            io_open=_guarded_opener(path),
+            container_options={"protocol_whitelist": "file",
+                               "format_whitelist": _FORMAT_WHITELIST},
+            io_open=_guarded_opener(path, refused),
         )
     except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if refused:
+            raise VideoError("open", f"refusing to let the file make FFmpeg open "
+                                     f"{refused[0]!r} (a playlist or concat list?)") from None
+        looks_like = _sniff(path) if getattr(exc, "errno", None) == errno.EINVAL else None
+        if looks_like:
+            # EINVAL is what a format off the whitelist gives; FFmpeg does not name the format.
+            raise VideoError("open", f"refusing the file: it looks like {looks_like}, a format "
+                                     f"that makes FFmpeg read other files or URLs") from None
         raise VideoError("open", f"FFmpeg cannot open the file: {exc}") from None
-    if container.format.name.split(",")[0] in _DEMUXERS_THAT_OPEN_OTHER_FILES:
+    demuxer = container.format.name.split(",")[0]
+    if demuxer in _DEMUXERS_THAT_OPEN_OTHER_FILES:
         container.close()
         raise VideoError("open", f"refusing container format {container.format.name!r}: it "
                                  "reads other files or URLs")
+    if demuxer in _NOT_VIDEO_DEMUXERS or demuxer.endswith("_pipe"):
+        container.close()
+        raise VideoError("open", f"a still image or text ({container.format.name}), not a "
+                                 "video")
     return container
 
 
@@ -150,6 +221,12 @@ def probe_container(container, path: str = "") -> VideoInfo:
     width, height = stream.codec_context.width, stream.codec_context.height
     if not width or not height:
         raise VideoError("probe", f"video stream has no frame size ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise VideoError("probe", f"frame size {width}x{height} is beyond the "
+                                  f"{MAX_PIXELS // 1_000_000} Mpixel limit")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise VideoError("probe", f"frame size {width}x{height}: aspect ratio beyond "
+                                  f"{MAX_ASPECT_RATIO}:1")
     rate = stream.average_rate
     if not rate or rate <= 0:
         raise VideoError("probe", "video stream has no average frame rate (avg_frame_rate 0/0)")
@@ -205,28 +282,144 @@ def _drain(sinks, out: list) -> None:
             out.append((index, frame.to_ndarray(format="rgb24")))
 
 
+@dataclass
+class DecodeReport:
+    """How cleanly a stream decoded; filled in by decode_container and judged by assess()."""
+
+    declared: Optional[float] = None  # seconds the container header says the stream lasts
+    end: Optional[float] = None  # seconds from the stream start to the end of the last frame
+    packets: int = 0  # non-empty packets read
+    rejected: int = 0  # packets the decoder refused (skipped, as the ffmpeg CLI does)
+    concealed: int = 0  # frames the decoder flagged corrupt (error concealment)
+    frames: int = 0  # frames decoded and fed to the filter graph
+    first_error: str = ""
+    read_error: str = ""  # a demuxer error that ended reading before the end of the file
+
+
+def _parse_hms(text: str) -> Optional[float]:
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def declared_duration(container, stream) -> Optional[float]:
+    """Seconds the file's header promises for the video stream, None when it promises nothing
+    trustworthy (durations FFmpeg estimates from timestamps or the bitrate do not count)."""
+    if container.format.name.split(",")[0] not in _HEADER_DURATION_FORMATS:
+        return None
+    if stream.duration and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    tagged = _parse_hms(stream.metadata.get("DURATION", ""))  # Matroska's per-stream tag
+    if tagged:
+        return tagged
+    if len(container.streams) == 1 and container.duration and container.duration > 0:
+        return container.duration / 1e6  # the segment duration is this stream's own
+    return None
+
+
+def assess(report: DecodeReport) -> Optional[tuple[str, str]]:
+    """("failure" | "warning", message) for a decode that did not go cleanly, else None.
+
+    Policy (docs/reliability.md): a stream that ends well before its header says (a cut
+    download), that could not be read to its end with no header to tell how much is missing,
+    or whose packets are mostly damaged fails; a few damaged packets in a stream that decodes
+    to its end give features (what the reference's ffmpeg CLI gave) and a warning.
+    """
+    first = f" (first error: {report.first_error})" if report.first_error else ""
+    if report.frames == 0:
+        if report.rejected:
+            return "failure", (f"no frame could be decoded: the decoder rejected all "
+                               f"{report.rejected} packets{first}")
+        return "failure", "no frame could be decoded" + (
+            f": {report.read_error}" if report.read_error else "")
+    why = f" ({report.read_error})" if report.read_error else ""
+    if report.declared is not None and report.end is not None:
+        if report.declared - report.end > max(1.0, 0.01 * report.declared):
+            return "failure", (f"truncated: the video stream ends at {report.end:.2f} s but "
+                               f"the file declares {report.declared:.2f} s (an incomplete "
+                               f"download or copy?){why}")
+    elif report.read_error:
+        return "failure", (f"the file could not be read to its end: reading stopped after "
+                           f"{report.end or 0:.2f} s{why}")
+    damaged = report.rejected + report.concealed
+    if damaged > MAX_DAMAGED_SHARE * max(report.packets, 1):
+        return "failure", (f"damaged stream: {report.rejected} of {report.packets} packets "
+                           f"could not be decoded and {report.concealed} frames were "
+                           f"concealed, over the {MAX_DAMAGED_SHARE:.0%} limit{first}")
+    if damaged or report.read_error:
+        return "warning", (f"features written from a damaged stream: {report.rejected} of "
+                           f"{report.packets} packets could not be decoded and "
+                           f"{report.concealed} frames were concealed{first}{why}; rows "
+                           f"near the damage may show broken pictures")
+    return None
+
+
+def _decoded_frames(container, stream, report: DecodeReport):
+    """Frames of `stream`, skipping packets the decoder rejects and stopping (with the
+    decoder flushed) at a read error, as the ffmpeg CLI does."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.EOFError:
+            break
+        except av.error.FFmpegError as exc:
+            report.read_error = f"read error: {exc}"
+            break
+        if packet.size:
+            report.packets += 1
+        try:
+            frames = packet.decode()  # an empty packet flushes the decoder
+        except av.error.FFmpegError as exc:
+            report.rejected += 1
+            report.first_error = report.first_error or str(exc)
+            continue
+        yield from frames
+    try:  # the demuxer stopped before its final flush packet
+        yield from stream.codec_context.decode(None)
+    except av.error.FFmpegError:
+        pass
+
+
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+           threads: int = 0):
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
-        yield from decode_container(container, specs,
-                                    info or probe_container(container, path), threads)
+        return (yield from decode_container(container, specs,
+                                            info or probe_container(container, path), threads))
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs.
+                     threads: int = 0):
+    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs;
+    return a DecodeReport (`report = yield from decode_container(...)`).
 
-    Frames of one branch come in time order. Raises VideoError on decode failures.
+    Frames of one branch come in time order. Raises VideoError when the graph fails.
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
+    report = DecodeReport(declared=declared_duration(container, stream))
+    rate = stream.average_rate
+    default_step = 1 / float(rate) if rate else 0.0
+    time_base = float(stream.time_base) if stream.time_base else 0.0
+    start = stream.start_time * time_base if stream.start_time is not None else None
     graph = source = sinks = None
     ready: list = []
     try:
-        for frame in container.decode(stream):
+        for frame in _decoded_frames(container, stream, report):
+            report.frames += 1
+            report.concealed += bool(frame.is_corrupt)
+            if frame.pts is not None:
+                at = frame.pts * time_base
+                start = at if start is None else start
+                end = at + (frame.duration * time_base if frame.duration else default_step)
+                report.end = max(report.end or 0.0, end - start)
             if graph is None:
                 # The display matrix reaches us on the frames, so the graph (which needs
                 # the rotation) is built when the first frame arrives.
@@ -237,9 +430,10 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
             yield from ready
             ready.clear()
         if graph is None:
-            return
+            return report
         source.push(None)
         _drain(sinks, ready)
         yield from ready
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {exc}") from None
+    return report

@@ -7,6 +7,9 @@ workers send; the video it held is reported as failed and the run goes on.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -16,19 +19,53 @@ from .producer import Group, Settings, produce
 
 
 def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides what stops and
+    # when (DecodePool.close), and a worker dying on its own would be logged as a failure.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = mp.parent_process()
+    if parent is not None:
+        # A main process killed with SIGKILL cannot stop us, and an idle worker would wait
+        # on its job queue forever (it holds that queue's write end itself).
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
     try:
         while True:
             item = jobs.get()
             if item is None:
                 return
             video_id, path, active = item
-            for message in produce_fn(video_id, path, groups, settings, active):
-                conn.send(message)
+            try:
+                for message in produce_fn(video_id, path, groups, settings, active):
+                    conn.send(message)
+            except (BrokenPipeError, EOFError):
+                raise
+            except Exception as exc:  # a bug for one video must not cost the worker
+                conn.send(("error", video_id, "decode", f"{type(exc).__name__}: {exc}"))
             conn.send(("done", video_id))
-    except (KeyboardInterrupt, BrokenPipeError):
+    except (KeyboardInterrupt, BrokenPipeError, EOFError):
         return
     finally:
         conn.close()
+
+
+def _exit_with(sentinel) -> None:
+    wait([sentinel])
+    os._exit(0)
+
+
+def _death(process) -> str:
+    """Why a worker process ended, for the failure log."""
+    process.join(timeout=2)  # EOF on the pipe can come just before the exit status
+    code = process.exitcode
+    if code is None:
+        return "the decode worker closed its pipe"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"the decode worker died: killed by {name}{hint}"
+    return f"the decode worker died: exit code {code}"
 
 
 @dataclass
@@ -85,14 +122,18 @@ class DecodePool:
         exhausted = False
         try:
             while True:
-                for slot in self.slots:  # keep every idle worker busy
+                for index, slot in enumerate(self.slots):  # keep every idle worker busy
                     if slot.video_id is None and not exhausted:
                         job = next(jobs, None)
                         if job is None:
                             exhausted = True
-                        else:
-                            slot.video_id, slot.last_seen = job[0], time.monotonic()
-                            slot.jobs.put(job)
+                            continue
+                        if not slot.process.is_alive():
+                            # Died between videos (e.g. the OOM killer): the next video
+                            # must not be blamed for it.
+                            slot = self.slots[index] = self._replace(slot)
+                        slot.video_id, slot.last_seen = job[0], time.monotonic()
+                        slot.jobs.put(job)
                 busy = [s for s in self.slots if s.video_id is not None]
                 if not busy:
                     return
@@ -112,8 +153,7 @@ class DecodePool:
                                 slot.video_id = None
                             yield message
                             continue
-                        reason = (f"the decode worker died (exit code "
-                                  f"{slot.process.exitcode}) while decoding this video")
+                        reason = f"{_death(slot.process)} while decoding this video"
                     elif self.video_timeout and now - slot.last_seen > self.video_timeout:
                         reason = (f"no frame decoded for {self.video_timeout:g} s "
                                   f"(--video_timeout); the decode worker was killed")
