@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh machine (Debian's ffmpeg CLI for the byte-identity
-# checks, a venv with the package and its dev extras) and run the whole test suite.
+# checks, a venv with the package, its dev extras and Ray) and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v ffmpeg >/dev/null 2>&1; then
@@ -14,5 +14,5 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[dev]'
+.venv/bin/pip install --quiet -e '.[dev,ray]'
 exec .venv/bin/python -m pytest "$@"

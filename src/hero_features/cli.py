@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode worker processes (0 decodes in the main process)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if "
                                                   "available)")
+    e.add_argument("--gpus", metavar="all|0,1,3",
+                   help="one worker process per GPU, all taking videos from one queue, each "
+                        "with its own --num_decoding_thread decode workers (docs/scaling.md)")
+    e.add_argument("--shard", metavar="K/N",
+                   help="only shard K (0..N-1) of N: a stable hash of each video path picks "
+                        "its shard; for job arrays (docs/scaling.md)")
+    e.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="decode on the CPUs and run the models on the GPUs of a Ray cluster "
+                        "(default address: RAY_ADDRESS, a running local instance, or a new "
+                        "one); outputs must be on shared storage (docs/scaling.md)")
     e.add_argument("--weights_dir", "--weights-dir", type=Path)
     e.add_argument("--checkpoint", type=Path, help="checkpoint file (one model only)")
     e.add_argument("--overwrite", action="store_true", help="redo videos whose output exists")
@@ -188,6 +198,8 @@ def _pick_device(name: Optional[str]):
 
 
 def cmd_extract(args) -> int:
+    from .distributed import (RayOptions, StartupError, parse_shard, resolve_gpus,
+                              run_multi_device, run_ray, select_shard)
     from .manifest import is_complete
     from .models import get_spec
     from .outputs import FailureLog, Summary
@@ -212,7 +224,15 @@ def cmd_extract(args) -> int:
     if args.dataflow:
         print("note: --dataflow has no effect; decoding always streams through worker "
               "processes", file=sys.stderr)
-    device = _pick_device(args.device)
+    if sum(x is not None for x in (args.device, args.gpus, args.ray)) > 1:
+        raise UsageError("--device, --gpus and --ray each choose where the models run; "
+                         "give one of them")
+    try:
+        gpus = resolve_gpus(args.gpus) if args.gpus is not None else None
+        shard = parse_shard(args.shard) if args.shard is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    device = _pick_device(args.device) if gpus is None and args.ray is None else None
     specs = [get_spec(m) for m in models]
     if any(spec.unit == "clip" for spec in specs):
         try:  # the clip models' own constraints, checked before any video is touched
@@ -222,6 +242,8 @@ def cmd_extract(args) -> int:
 
     jobs = (_jobs_from_csv(args.csv, models) if args.csv
             else _jobs_from_folder(args.video_path, args.output_dir, models))
+    if shard is not None:
+        jobs = select_shard(jobs, *shard, root=None if args.csv else args.video_path)
     summary = Summary(videos=len(jobs))
     todo, seen = [], set()
     for job in jobs:
@@ -247,9 +269,13 @@ def cmd_extract(args) -> int:
         progress=not args.no_progress, precision=args.precision)
     failures = FailureLog(args.output_dir)
     try:
-        if todo:
+        if todo and gpus is not None:
+            run_multi_device(config, gpus, todo, summary, failures)
+        elif todo and args.ray is not None:
+            run_ray(config, todo, summary, failures, RayOptions(address=args.ray or None))
+        elif todo:
             run_on_device(config, device, todo, summary, failures)
-    except WeightsError as exc:
+    except (WeightsError, StartupError) as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         # Finished videos are complete files; the rest are redone by a rerun.

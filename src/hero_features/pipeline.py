@@ -63,6 +63,20 @@ def make_groups(specs: Sequence[ModelSpec]) -> list[Group]:
     return [Group(tuple(names), *key) for key, names in groups.items()]
 
 
+def device_features(spec: ModelSpec, module, host: torch.Tensor, device: torch.device,
+                    autocast_dtype=None) -> torch.Tensor:
+    """One batch of uint8 units -> (B, D) float16 features on the device: normalisation,
+    model (under autocast for --precision fp16/bf16), L2 where the model asks, the cast the
+    reference saved with. Every backend runs batches through this one function."""
+    with torch.inference_mode():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            x = spec.preprocess(host.to(device, non_blocking=True))
+            features = module(x).float()
+        if spec.l2_normalize:
+            features = F.normalize(features, dim=1)
+        return features.to(torch.float16)
+
+
 def _active_groups(groups: Sequence[Group], job: Job) -> tuple[int, ...]:
     return tuple(i for i, g in enumerate(groups) if any(m in job.outputs for m in g.models))
 
@@ -152,13 +166,8 @@ class Extractor:
             try:
                 if cuda:
                     host = host.pin_memory()
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                    enabled=self.autocast_dtype is not None):
-                    x = spec.preprocess(host.to(self.device, non_blocking=True))
-                    features = self.models[model](x).float()
-                if spec.l2_normalize:
-                    features = F.normalize(features, dim=1)
-                features = features.to(torch.float16)
+                features = device_features(spec, self.models[model], host, self.device,
+                                           self.autocast_dtype)
                 if cuda:
                     rows = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
                     rows.copy_(features, non_blocking=True)

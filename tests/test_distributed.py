@@ -1,0 +1,251 @@
+"""Scaling backends: --gpus (two CPU workers stand in for two GPUs), --shard, and Ray.
+
+Every backend's outputs must be bit-equal to a single-process run. CPU results depend on the
+number of torch threads in their last bits, so the single-process reference runs with the
+thread count the backend's workers get.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from collections import Counter
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from hero_features.distributed import (TEST_EXIT_ENV, cpu_threads, parse_shard, resolve_gpus,
+                                       run_multi_device, select_shard, shard_key, shard_of)
+from hero_features.manifest import is_complete
+from hero_features.outputs import FailureLog, Summary
+from hero_features.pipeline import Job, RunConfig, run_on_device
+from hero_features.weights import WeightsError
+from helpers import failures, load
+
+from conftest import VIDEOS
+
+SHORT = VIDEOS / "v07_400x300_25fps_2s.mp4"  # 1 resnet row at clip_len 3/2
+CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 3 rows, another frame size
+NAMES = {"a.mp4": SHORT, "b.mp4": CARPHONE, "c.mp4": SHORT, "d.mp4": CARPHONE}
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    for name, source in NAMES.items():
+        shutil.copy(source, folder / name)
+    return folder
+
+
+def make_config(weights: Path, out: Path, workers: int = 0) -> RunConfig:
+    return RunConfig(models=["resnet"], clip_len=Fraction(3, 2), batch_size=2, workers=workers,
+                     weights_dir=weights, download=False, output_dir=out, progress=False)
+
+
+def make_jobs(video_dir: Path, out: Path, names=None) -> list[Job]:
+    return [Job(video_dir / name, {"resnet": out / "resnet_features" / f"{Path(name).stem}.npz"})
+            for name in sorted(names or NAMES)]
+
+
+def todo(jobs: list[Job]) -> list[Job]:
+    """What the cli hands a backend on a rerun: the jobs whose output is not complete."""
+    return [job for job in jobs if not is_complete(job.outputs["resnet"], 2048)]
+
+
+@contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(video_dir, synthetic_checkpoints, tmp_path_factory):
+    """name -> features of a single-process run, per torch thread count (computed once each)."""
+    runs: dict[int, dict] = {}
+
+    def get(threads: int) -> dict:
+        if threads not in runs:
+            out = tmp_path_factory.mktemp(f"reference_{threads}")
+            summary = Summary()
+            with torch_threads(threads):
+                run_on_device(make_config(synthetic_checkpoints, out), torch.device("cpu"),
+                              make_jobs(video_dir, out), summary, FailureLog(out))
+            assert summary.done == len(NAMES), failures(out)
+            runs[threads] = {name: load(out / "resnet_features" / f"{Path(name).stem}.npz")
+                             for name in NAMES}
+        return runs[threads]
+
+    return get
+
+
+def assert_matches(out: Path, expected: dict, names) -> None:
+    for name in names:
+        got = load(out / "resnet_features" / f"{Path(name).stem}.npz")
+        assert np.array_equal(got, expected[name]), name
+
+
+# == --gpus ========================================================================================
+
+def test_two_workers_do_every_video_once_and_match_one_process(tmp_path, video_dir, reference,
+                                                              synthetic_checkpoints):
+    finished = []
+    summary = Summary(videos=len(NAMES))
+    run_multi_device(make_config(synthetic_checkpoints, tmp_path, workers=1), ["cpu", "cpu"],
+                     make_jobs(video_dir, tmp_path), summary, FailureLog(tmp_path),
+                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+    assert Counter(finished) == {(name, True): 1 for name in NAMES}
+    assert (summary.done, summary.failed) == (len(NAMES), 0)
+    assert summary.rows == {"resnet": 8} and summary.video_seconds > 0
+    assert failures(tmp_path) == []
+    assert_matches(tmp_path, reference(cpu_threads(["cpu", "cpu"])), NAMES)
+
+
+def test_a_dead_workers_videos_are_logged_then_redone_by_a_rerun(tmp_path, video_dir, reference,
+                                                               synthetic_checkpoints,
+                                                               monkeypatch):
+    config = make_config(synthetic_checkpoints, tmp_path, workers=1)
+    jobs = make_jobs(video_dir, tmp_path)
+    monkeypatch.setenv(TEST_EXIT_ENV, "b.mp4")  # whichever worker takes b.mp4 exits holding it
+    finished = []
+    summary = Summary(videos=len(NAMES))
+    run_multi_device(config, ["cpu", "cpu"], jobs, summary, FailureLog(tmp_path),
+                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+    assert sorted(name for name, _ in finished) == sorted(NAMES)  # each reported once
+    lost = {name for name, ok in finished if not ok}
+    logged = failures(tmp_path)
+    assert "b.mp4" in lost
+    assert {Path(f["video_path"]).name for f in logged} == lost
+    assert all(f["stage"] == "worker" and "exit code 86" in f["error"] for f in logged)
+    assert (summary.done, summary.failed) == (len(NAMES) - len(lost), len(lost))
+    for name in NAMES:  # no partial output for what was lost, a finished one for the rest
+        path = tmp_path / "resnet_features" / f"{Path(name).stem}.npz"
+        assert path.exists() == (name not in lost), name
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    # The rerun is what the cli would hand any backend; here the plain single-process one,
+    # which saves two more worker start-ups (a ResNet-152 load each).
+    monkeypatch.delenv(TEST_EXIT_ENV)
+    rerun = todo(jobs)
+    assert {job.video_path.name for job in rerun} == lost
+    summary = Summary(videos=len(rerun))
+    threads = cpu_threads(["cpu", "cpu"])
+    with torch_threads(threads):
+        run_on_device(config, torch.device("cpu"), rerun, summary, FailureLog(tmp_path))
+    assert (summary.done, summary.failed) == (len(lost), 0)
+    assert_matches(tmp_path, reference(threads), NAMES)
+
+
+def test_missing_weights_stop_the_run_before_any_worker_starts(tmp_path, video_dir):
+    config = make_config(tmp_path / "no-weights", tmp_path)
+    config.checkpoint = tmp_path / "missing.pth"
+    with pytest.raises(WeightsError, match="does not exist"):
+        run_multi_device(config, ["cpu", "cpu"], make_jobs(video_dir, tmp_path), Summary(),
+                         FailureLog(tmp_path))
+
+
+def test_gpu_lists():
+    assert resolve_gpus("all", available=2) == ["cuda:0", "cuda:1"]
+    assert resolve_gpus("0,1,3", available=4) == ["cuda:0", "cuda:1", "cuda:3"]
+    for bad, available in (("all", 0), ("0,4", 4), ("1,1", 2), ("x", 2), ("", 2)):
+        with pytest.raises(ValueError):
+            resolve_gpus(bad, available=available)
+
+
+# == --shard =======================================================================================
+
+paths = st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                         min_size=1, max_size=30), unique=True, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=paths, count=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_shards_cover_the_manifest_exactly_once_in_any_order(names, count, seed):
+    jobs = [Job(Path("/corpus") / name, {"resnet": Path(f"{i}.npz")})
+            for i, name in enumerate(names)]
+    shards = [select_shard(jobs, k, count) for k in range(count)]
+    assert sorted(id(job) for shard in shards for job in shard) == sorted(map(id, jobs))
+    shuffled = jobs[:]
+    random.Random(seed).shuffle(shuffled)
+    for k in range(count):  # membership does not depend on the row order
+        assert {id(j) for j in select_shard(shuffled, k, count)} == {id(j) for j in shards[k]}
+
+
+def test_shard_assignment_is_pinned_across_versions_and_machines():
+    # blake2b of the UTF-8 path; changing these numbers would move videos between shards of
+    # job arrays that are already running.
+    assert [shard_of(k, 16) for k in ("a.mp4", "sub/b.webm",
+                                      "videos/v07_400x300_25fps_2s.mp4", "ü/ß.mkv")] == \
+        [4, 5, 13, 2]
+    job = Job(Path("/mnt/a/corpus/sub/b.webm"), {})
+    assert shard_key(job, Path("/mnt/a/corpus")) == "sub/b.webm"  # folder mode: mount-free
+
+
+def test_shard_spelling():
+    assert parse_shard("0/1") == (0, 1) and parse_shard("15/16") == (15, 16)
+    for bad in ("16/16", "-1/4", "1/0", "3", "a/b", "1/2/3"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+# == --ray =========================================================================================
+
+def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_dir, reference,
+                                                               synthetic_checkpoints):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[data]')")
+    from hero_features.distributed import RayOptions, run_ray
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    names = ["a.mp4", "b.mp4", "c.mp4"]
+    jobs = make_jobs(video_dir, tmp_path, names) + \
+        [Job(broken, {"resnet": tmp_path / "resnet_features" / "broken.npz"})]
+    finished = []
+    summary = Summary(videos=len(jobs))
+    # The decode task of c.mp4 dies on every attempt: retried, then logged.
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {TEST_EXIT_ENV: "c.mp4"}})
+    try:
+        run_ray(make_config(synthetic_checkpoints, tmp_path), jobs, summary,
+                FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
+                on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+    finally:
+        ray.shutdown()
+    assert sorted(finished) == [("a.mp4", True), ("b.mp4", True), ("broken.mp4", False),
+                                ("c.mp4", False)]
+    assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4})
+    assert summary.model_seconds["resnet"] > 0  # the actors' time, for the rows/s line
+    logged = {Path(f["video_path"]).name: f for f in failures(tmp_path)}
+    assert logged.keys() == {"broken.mp4", "c.mp4"}
+    assert logged["broken.mp4"]["stage"] in ("open", "probe")
+    assert logged["c.mp4"]["stage"] == "ray" and "after 1 retries" in logged["c.mp4"]["error"]
+    assert not any((tmp_path / "resnet_features" / f"{n}.npz").exists() for n in ("broken", "c"))
+    # Ray gives a CPU actor one OpenMP thread (OMP_NUM_THREADS = its CPUs).
+    assert_matches(tmp_path, reference(1), ["a.mp4", "b.mp4"])
+
+
+def test_the_ray_decode_watchdog_fires_on_a_stall_only():
+    import threading
+    import time
+
+    from hero_features.distributed import _StallWatch
+
+    fired = threading.Event()
+    watch = _StallWatch(0.2, "x.mp4", on_stall=fired.set)
+    with watch.pause():  # waiting for the models is not a stall
+        time.sleep(0.4)
+    assert not fired.is_set()
+    assert fired.wait(2)
+    watch.stop()
+    quiet = threading.Event()
+    watch = _StallWatch(0.2, "y.mp4", on_stall=quiet.set)
+    watch.stop()  # the task ended: the worker goes on to other tasks
+    time.sleep(0.4)
+    assert not quiet.is_set()
