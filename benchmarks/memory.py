@@ -233,7 +233,11 @@ def run_ours(mode: str, model: str, video: Path, args, tmp: Path, weights: Path 
         "extract", "--model", model, "--video_path", str(folder), "--output_dir", str(out),
         "--clip_len", args.clip_len, "--weights_dir", str(weights), "--device", "cpu",
         "--num_decoding_thread", str(args.workers), "--no_progress", "--overwrite"]
-    result = measure(cmd)
+    if args.batch_size:
+        cmd += ["--batch_size", str(args.batch_size)]
+    env = dict(os.environ)
+    env.update(item.split("=", 1) for item in args.env)
+    result = measure(cmd, env=env)
     if result["rc"] == 0:
         outputs = list(out.rglob("*.npz"))
         result["outputs"] = [str(p) for p in outputs]
@@ -279,6 +283,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-len", "--clip_len", default="2")
     ap.add_argument("--workers", type=int, default=0,
                     help="--num_decoding_thread of the extract (default 0: one process)")
+    ap.add_argument("--batch-size", "--batch_size", type=int,
+                    help="--batch_size of the extract (default: the CLI's)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the extract, e.g. MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--weights_dir", "--weights-dir", type=Path,
                     help="checkpoint folder (default: generate a synthetic one in a temp dir)")
     ap.add_argument("--video-dir", type=Path, help="cache folder of make_videos.py")
@@ -302,7 +310,9 @@ def main(argv=None) -> int:
     videos = [make_videos.make_video(s, args.video_dir) for s in lengths]
     limit = LIMITS_MIB[unit]
     print(f"model {args.model}, ours in {mode} mode"
-          f"{f' (--num_decoding_thread {args.workers})' if mode == 'extract' else ''}, "
+          f"{f' (--num_decoding_thread {args.workers})' if mode == 'extract' else ''}"
+          f"{f' --batch_size {args.batch_size}' if mode == 'extract' and args.batch_size else ''}"
+          f"{f' env {args.env}' if mode == 'extract' and args.env else ''}, "
           f"clip_len {args.clip_len}, videos {', '.join(f'{s} s' for s in lengths)} 720p30, "
           f"nproc {os.cpu_count()}, load {loadavg()}", flush=True)
 

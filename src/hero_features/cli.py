@@ -6,6 +6,7 @@ not start (bad flags, unreadable csv, missing checkpoint).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -202,7 +203,7 @@ def cmd_extract(args) -> int:
                               run_multi_device, run_ray, select_shard)
     from .manifest import is_complete
     from .models import get_spec
-    from .outputs import FailureLog, Summary
+    from .outputs import FailureLog, Summary, ensure_writable_dir
     from .pipeline import RunConfig, run_on_device
     from .sampling import ClipSampler, parse_clip_len
     from .weights import WeightsError
@@ -267,6 +268,11 @@ def cmd_extract(args) -> int:
         checkpoint=checkpoint, download=not args.no_download,
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
         progress=not args.no_progress, precision=args.precision)
+    try:
+        ensure_writable_dir(args.output_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot write to --output_dir {args.output_dir}: "
+                         f"{exc.strerror or exc}") from None
     failures = FailureLog(args.output_dir)
     try:
         if todo and gpus is not None:
@@ -283,6 +289,13 @@ def cmd_extract(args) -> int:
             print(line, file=sys.stderr)
         print("hero-features: interrupted; rerun the same command to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # output disk full / read-only / quota: nothing more can land
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+        print(f"hero-features: error: stopped, features cannot be written: {exc}; finished "
+              f"outputs are complete, rerun the same command once there is room",
+              file=sys.stderr)
+        return EXIT_FAILED_VIDEOS
     for line in summary.lines():
         print(line, file=sys.stderr)
     if summary.failed:
@@ -352,8 +365,21 @@ COMMANDS = {"extract": cmd_extract, "gather": cmd_gather, "models": cmd_models,
             "download": cmd_download, "pack": cmd_pack}
 
 
+def _return_freed_batches_to_the_os() -> None:
+    """glibc raises its mmap threshold as large blocks are freed, after which every batch
+    buffer is carved from the heap and the peak RSS creeps up over the first batches
+    (docs/benchmarks.md). A fixed threshold keeps batch-sized blocks mmapped and returned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "extract":
+        _return_freed_batches_to_the_os()
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:

@@ -115,6 +115,7 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    warned: int = 0  # of the done: features from a damaged stream, a warning line logged
     video_seconds: float = 0.0
     rows: dict = field(default_factory=dict)  # model -> feature rows written
     model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
@@ -126,6 +127,9 @@ class Summary:
                f"{self.failed} failed, of {self.videos}",
                f"video time: {self.video_seconds / 3600:.3f} h in {wall:.1f} s "
                f"({self.video_seconds / wall:.1f} video-s/s)"]
+        if self.warned:
+            out.insert(1, f"  {self.warned} of the done came from damaged streams (warning "
+                          f"lines in the failure log)")
         for model, rows in sorted(self.rows.items()):
             busy = self.model_seconds.get(model, 0.0)
             rate = f", {rows / busy:.1f} rows/s while running" if busy > 0 else ""

@@ -9,6 +9,8 @@ units have been through the model.
 from __future__ import annotations
 
 import errno
+import os
+import pickle
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from .models import ModelSpec, get_spec
 from .outputs import FailureLog, Summary, write_features
 from .producer import Group, Settings
-from .weights import WeightsError, resolve_checkpoint
+from .weights import WeightsError, resolve_checkpoint, short_reason
 from .workers import DecodePool, inline_messages
 
 
@@ -53,6 +55,7 @@ class _VideoState:
     seconds: float = 0.0
     pending: int = 0  # units queued in batchers, not yet through a model
     rows: dict = field(default_factory=dict)  # model -> {unit index: feature row}
+    warnings: list = field(default_factory=list)  # (stage, message) of a damaged stream
     next_index: dict = field(default_factory=dict)  # model -> next unit index
 
 
@@ -228,6 +231,12 @@ class Extractor:
     def _write_and_report(self, state: _VideoState) -> None:
         try:
             ok = self._write(state)
+            if ok and state.warnings:  # logged once the features exist, never for a failure
+                for stage, text in state.warnings:
+                    for model in state.job.outputs:
+                        self.failures.warn(state.job.video_path, model, stage, text)
+                with self._lock:
+                    self.summary.warned += 1
         except OSError as exc:  # disk full / read-only: nothing else can land, stop the run
             self._fatal = exc
             ok = False
@@ -262,7 +271,7 @@ class Extractor:
         except OSError as exc:
             for model in job.outputs:
                 self.failures.record(job.video_path, model, "write", f"{type(exc).__name__}: {exc}")
-            if exc.errno in (errno.ENOSPC, errno.EROFS):
+            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
                 raise
             return False
         except ValueError as exc:
@@ -303,6 +312,8 @@ class Extractor:
                                 self._queue_units(video_id, model, message[3])
                 elif kind == "error":
                     self._fail(video_id, message[2], message[3])
+                elif kind == "warning":
+                    state.warnings.append((message[2], message[3]))
                 elif kind == "end":
                     state.seconds = float(message[2])
                 elif kind == "done":
@@ -342,8 +353,11 @@ class RunConfig:
 
     @property
     def settings(self) -> Settings:
+        # With several decode processes filling the cores, FFmpeg's automatic frame threading
+        # only adds contention (measured in docs/benchmarks.md); give each a fair share.
+        threads = max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 0 else 0
         return Settings(clip_len=self.clip_len, target_fps=self.target_fps,
-                        min_num_features=self.min_num_features)
+                        min_num_features=self.min_num_features, threads=threads)
 
 
 def load_models(config: RunConfig, device: torch.device) -> dict:
@@ -351,14 +365,16 @@ def load_models(config: RunConfig, device: torch.device) -> dict:
     built = {}
     for name in config.models:
         spec = get_spec(name)
+        path = config.checkpoint
         try:
             path = resolve_checkpoint(spec.checkpoint, config.weights_dir, config.checkpoint,
                                       download=config.download)
             built[name] = spec.build(path, device)
         except WeightsError:
             raise
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise WeightsError(f"cannot load the {name} model: {exc}") from None
+        except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+            raise WeightsError(f"cannot load the {name} model from {path}: "
+                               f"{short_reason(exc)}") from None
     if device.type == "cuda":
         # Parity with the reference's fp32 numbers needs full-precision matmuls and convs.
         torch.backends.cuda.matmul.allow_tf32 = False

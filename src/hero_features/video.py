@@ -12,8 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Generator, Optional, Sequence
 
 import av
 import av.error
@@ -130,13 +129,16 @@ def rotation_filters(display_rotation: float) -> list[tuple[str, str]]:
     return []
 
 
-def _guarded_opener(path: str, refused: list):
-    """io_open hook: FFmpeg may open only the file it was given, nothing it names. Refused
-    URLs are appended to `refused`: FFmpeg reports the failure as mere "invalid data"."""
+def _guarded_opener(path: str, refused: list, alias: str):
+    """io_open hook: FFmpeg may open only the file it was given (named `alias` to FFmpeg),
+    nothing it names. Refused URLs are appended to `refused`: FFmpeg reports the failure as
+    mere "invalid data"."""
     wanted = os.path.realpath(path)
 
     def io_open(url, flags, options):
         target = url[len("file:"):] if url.startswith("file:") else url
+        if url == alias and flags == 1:
+            return open(wanted, "rb")
         if os.path.realpath(target) != wanted or flags != 1:  # 1 = AVIO_FLAG_READ
             refused.append(url)
             raise PermissionError(f"refusing to open {url!r} named inside {path!r}")
@@ -166,6 +168,38 @@ def _check_file(path: str) -> None:
         raise VideoError("open", f"empty file (0 bytes): {path}")
 
 
+def _reason(exc: Exception) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without PyAV's
+    "[Errno 1094995529]" and the file name the log line already carries."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _damage_hint(path: str) -> str:
+    """Why a file that starts like a video cannot be opened, in a researcher's words."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return ""
+    if head[4:8] == b"ftyp":  # an ISO-BMFF file: mp4 / mov / m4v / 3gp
+        return " (an MP4/MOV without a readable moov index: cut short before its end?)"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return " (a Matroska/WebM file that cannot be parsed: cut short or damaged?)"
+    return ""
+
+
+def _ffmpeg_name(path: str) -> str:
+    """The name FFmpeg is given for `path`. PyAV hands URLs to the io_open hook as strict
+    UTF-8, so a file name that is not UTF-8 (scraped corpora have Latin-1 ones) gets a
+    stand-in; its extension is kept, as a few demuxers probe by extension."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        extension = os.path.splitext(path)[1]
+        return "non-utf8-file-name" + (extension if extension.isascii() else "")
+
+
 def _sniff(path: str) -> Optional[str]:
     try:
         with open(path, "rb") as f:
@@ -179,12 +213,13 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     path = os.fspath(path)
     _check_file(path)
     refused: list[str] = []
+    alias = _ffmpeg_name(path)
     try:
         container = av.open(
-            path,
+            alias,
             container_options={"protocol_whitelist": "file",
                                "format_whitelist": _FORMAT_WHITELIST},
-            io_open=_guarded_opener(path, refused),
+            io_open=_guarded_opener(path, refused, alias),
         )
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         if refused:
@@ -195,7 +230,8 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
             # EINVAL is what a format off the whitelist gives; FFmpeg does not name the format.
             raise VideoError("open", f"refusing the file: it looks like {looks_like}, a format "
                                      f"that makes FFmpeg read other files or URLs") from None
-        raise VideoError("open", f"FFmpeg cannot open the file: {exc}") from None
+        raise VideoError("open", f"FFmpeg cannot open the file: {_reason(exc)}"
+                                 f"{_damage_hint(path)}") from None
     demuxer = container.format.name.split(",")[0]
     if demuxer in _DEMUXERS_THAT_OPEN_OTHER_FILES:
         container.close()
@@ -368,7 +404,7 @@ def _decoded_frames(container, stream, report: DecodeReport):
         except av.error.EOFError:
             break
         except av.error.FFmpegError as exc:
-            report.read_error = f"read error: {exc}"
+            report.read_error = f"read error: {_reason(exc)}"
             break
         if packet.size:
             report.packets += 1
@@ -376,7 +412,7 @@ def _decoded_frames(container, stream, report: DecodeReport):
             frames = packet.decode()  # an empty packet flushes the decoder
         except av.error.FFmpegError as exc:
             report.rejected += 1
-            report.first_error = report.first_error or str(exc)
+            report.first_error = report.first_error or _reason(exc)
             continue
         yield from frames
     try:  # the demuxer stopped before its final flush packet
@@ -385,8 +421,11 @@ def _decoded_frames(container, stream, report: DecodeReport):
         pass
 
 
+Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the report
+
+
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0):
+           threads: int = 0) -> Frames:
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
@@ -395,7 +434,7 @@ def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0):
+                     threads: int = 0) -> Frames:
     """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs;
     return a DecodeReport (`report = yield from decode_container(...)`).
 
@@ -435,5 +474,5 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
         _drain(sinks, ready)
         yield from ready
     except av.error.FFmpegError as exc:
-        raise VideoError("decode", f"decoding failed: {exc}") from None
+        raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
     return report

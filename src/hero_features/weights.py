@@ -180,13 +180,20 @@ def _fetch(ckpt: Checkpoint, partial: Path, weights_dir: Optional[Path],
     return True
 
 
+def short_reason(exc: BaseException) -> str:
+    """One line of a loader's error: torch's refusals span many lines and end by advising
+    weights_only=False; the line naming the refused GLOBAL is the one that matters."""
+    text = str(exc).splitlines() or [type(exc).__name__]
+    return next((line.strip() for line in text if "GLOBAL" in line), text[0])
+
+
 def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:
     """A PyTorch checkpoint as a state dict, refusing pickles that would run code."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError for unsafe content
-        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint ({exc})") \
-            from None
+        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint "
+                           f"({short_reason(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -17,6 +17,10 @@ from typing import Iterator, Optional, Sequence
 
 from .producer import Group, Settings, produce
 
+# A worker is not timed while it starts (a spawned interpreter importing numpy and PyAV can
+# take seconds on a loaded machine); only one that never starts at all is given up on.
+STARTUP_LIMIT = 120.0
+
 
 def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
     # Ctrl-C reaches the whole process group; the main process decides what stops and
@@ -33,6 +37,7 @@ def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
             if item is None:
                 return
             video_id, path, active = item
+            conn.send(("started", video_id))  # the stall clock starts now, not at spawn
             try:
                 for message in produce_fn(video_id, path, groups, settings, active):
                     conn.send(message)
@@ -75,6 +80,7 @@ class _Slot:
     conn: object  # read end of its result pipe
     video_id: Optional[int] = None
     last_seen: float = field(default_factory=time.monotonic)
+    started: bool = False  # the worker has taken up video_id
 
 
 def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group],
@@ -133,6 +139,7 @@ class DecodePool:
                             # must not be blamed for it.
                             slot = self.slots[index] = self._replace(slot)
                         slot.video_id, slot.last_seen = job[0], time.monotonic()
+                        slot.started = False
                         slot.jobs.put(job)
                 busy = [s for s in self.slots if s.video_id is not None]
                 if not busy:
@@ -149,11 +156,20 @@ class DecodePool:
                             message = None
                         if message is not None:
                             slot.last_seen = now
+                            if message[0] == "started":
+                                slot.started = True
+                                continue
                             if message[0] == "done":
                                 slot.video_id = None
                             yield message
                             continue
                         reason = f"{_death(slot.process)} while decoding this video"
+                    elif not slot.started:
+                        if now - slot.last_seen <= max(self.video_timeout or 0, STARTUP_LIMIT):
+                            continue
+                        reason = (f"the decode worker did not start within "
+                                  f"{max(self.video_timeout or 0, STARTUP_LIMIT):g} s; it was "
+                                  f"killed")
                     elif self.video_timeout and now - slot.last_seen > self.video_timeout:
                         reason = (f"no frame decoded for {self.video_timeout:g} s "
                                   f"(--video_timeout); the decode worker was killed")
