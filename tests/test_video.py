@@ -147,3 +147,30 @@ def test_a_playlist_cannot_make_ffmpeg_read_another_file(tmp_path):
     concat.write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
     with pytest.raises(VideoError):
         list(decode(concat, [DecodeSpec("30", 224, True)]))
+
+
+def test_branch_plan_scales_once_before_an_upsampling_fps():
+    from hero_features.video import _branch_plan
+
+    specs = [DecodeSpec("30", 224, True), DecodeSpec("0.5", 224, False),
+             DecodeSpec("0.5", 288, True)]
+    # 25 fps source: the 30 fps branch keeps every frame, so the 224 branches share a scaler
+    assert _branch_plan(specs, Fraction(25)) == [(224, [0, 1]), (None, [2])]
+    # 60 fps source: every branch drops frames first, as the reference's graph does
+    assert _branch_plan(specs, Fraction(60)) == [(None, [0]), (None, [1]), (None, [2])]
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("rate", [25, 50])
+def test_scale_first_and_fps_first_graphs_give_the_cli_bytes(tmp_path, rate):
+    """Upsampling (25 -> 30 fps, scaled before the fps filter) and downsampling (50 -> 30,
+    fps first) branches, decoded together, each equal the reference's single graph."""
+    path = write_video(tmp_path / "v.mp4", rate * 2, fps=rate, width=320, height=240)
+    info = probe(path)
+    specs = [DecodeSpec("30", 224, True), DecodeSpec("0.5", 224, False),
+             DecodeSpec("2.0", 288, True)]
+    branches = {i: [] for i in range(len(specs))}
+    for branch, frame in decode(path, specs, info):
+        branches[branch].append(frame.tobytes())
+    for i, spec in enumerate(specs):
+        assert b"".join(branches[i]) == reference_cli_bytes(path, spec, 320, 240)

@@ -281,6 +281,53 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return probe_container(container, os.fspath(path))
 
 
+def _upsamples(spec: DecodeSpec, source_rate) -> bool:
+    """True when the fps filter keeps (or duplicates) every source frame."""
+    try:
+        return bool(source_rate) and Fraction(spec.fps) >= Fraction(source_rate)
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def _branch_plan(specs: Sequence[DecodeSpec], source_rate) -> list[tuple[Optional[int], list[int]]]:
+    """Which branches share one scaler: [(size or None, spec indices)].
+
+    Scaling commutes with the fps filter (it only drops or repeats whole frames), so the
+    pixels are the same in either order; only the work differs. Where some branch keeps
+    every source frame (30 fps from a 25 fps video), every frame gets scaled anyway, so all
+    branches of that size scale once and only then pick their frames. Other branches drop
+    frames first (fps -> scale), as the reference's graph does.
+    """
+    shared: dict[int, list[int]] = {}
+    for index, spec in enumerate(specs):
+        if _upsamples(spec, source_rate):
+            shared.setdefault(spec.size, [])
+    plan: list[tuple[Optional[int], list[int]]] = []
+    for index, spec in enumerate(specs):
+        if spec.size in shared:
+            shared[spec.size].append(index)
+        else:
+            plan.append((None, [index]))
+    return [(size, members) for size, members in shared.items()] + plan
+
+
+def _link_chain(graph, node, out_pad: int, chain):
+    for name, args in chain:
+        nxt = graph.add(name, args)
+        node.link_to(nxt, out_pad, 0)
+        node, out_pad = nxt, 0
+    return node
+
+
+def _fan_out(graph, node, count: int):
+    """(node, output pad) pairs: the node itself, or a split of it into `count`."""
+    if count == 1:
+        return [(node, 0)]
+    splitter = graph.add("split", str(count))
+    node.link_to(splitter)
+    return [(splitter, i) for i in range(count)]
+
+
 def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec], rotation: float):
     graph = av.filter.Graph()
     source = graph.add_buffer(template=stream)
@@ -289,20 +336,21 @@ def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec], rotation:
         node = graph.add(name, args) if args else graph.add(name)
         tail.link_to(node)
         tail = node
-    if len(specs) > 1:
-        splitter = graph.add("split", str(len(specs)))
-        tail.link_to(splitter)
-    sinks = []
-    for index, spec in enumerate(specs):
-        node = splitter if len(specs) > 1 else tail
-        out_pad = index if len(specs) > 1 else 0
-        for name, args in filter_chain(spec, info.width, info.height):
-            nxt = graph.add(name, args)
-            node.link_to(nxt, out_pad, 0)
-            node, out_pad = nxt, 0
-        sink = graph.add("buffersink")
-        node.link_to(sink)
-        sinks.append(sink)
+    sinks: list = [None] * len(specs)
+    plan = _branch_plan(specs, stream.average_rate)
+    for (size, members), (node, pad) in zip(plan, _fan_out(graph, tail, len(plan))):
+        if size is not None:  # one scaler for every branch of this size
+            chain = filter_chain(specs[members[0]], info.width, info.height)
+            node = _link_chain(graph, node, pad, [c for c in chain if c[0] == "scale"])
+            pad = 0
+        outs = _fan_out(graph, node, len(members)) if size is not None else [(node, pad)]
+        for index, (branch, branch_pad) in zip(members, outs):
+            chain = filter_chain(specs[index], info.width, info.height)
+            if size is not None:
+                chain = [c for c in chain if c[0] != "scale"]
+            sink = graph.add("buffersink")
+            _link_chain(graph, branch, branch_pad, chain).link_to(sink)
+            sinks[index] = sink
     graph.configure()
     # The caller must keep `graph` alive: its filter contexts are freed with it.
     return graph, source, sinks
