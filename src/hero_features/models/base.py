@@ -38,3 +38,16 @@ class ModelSpec:
     #   unit "clip":  (B, 32, H, W, 3) -> (B, 3, 32, H, W) float
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     l2_normalize: bool = False  # L2-normalise each row before the float16 cast
+
+
+def image_normalizer(mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Device-side preprocess of the frame models, as the reference did it on the CPU:
+    (B, H, W, 3) uint8 -> (B, 3, H, W) float32, x/255, then (x - mean) / (std + 1e-8)."""
+
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return (x - m) / (s + 1e-8)
+
+    return preprocess

@@ -26,7 +26,7 @@ import torch
 from open_clip.model import CLIP, convert_weights_to_fp16
 from torch import nn
 
-from .base import Checkpoint, ModelSpec
+from .base import Checkpoint, ModelSpec, image_normalizer
 
 _URL = "https://openaipublic.azureedge.net/clip/models/{}/{}"
 VIT_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
@@ -167,13 +167,8 @@ def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Mod
     return encoder.to(device).eval()
 
 
-def preprocess_clip(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32, normalised like the reference."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    x = x.permute(0, 3, 1, 2).contiguous().float() / 255.0
-    # The reference adds 1e-8 to std (clip/preprocessing.py).
-    return (x - mean) / (std + 1e-8)
+# The reference normalised with CLIP's mean/std and std + 1e-8 (clip/preprocessing.py).
+preprocess_clip = image_normalizer(MEAN, STD)
 
 
 VIT_SPEC = ModelSpec(

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import resnet152
 
 from ..weights import load_state_dict_strict, safe_torch_load
-from .base import Checkpoint, ModelSpec
+from .base import Checkpoint, ModelSpec, image_normalizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,19 +39,7 @@ def load_resnet152(path: Path, device: torch.device) -> ResNet152Trunk:
     return model.eval().to(device)
 
 
-def _normalizer(mean, std):
-    def preprocess(x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 on the device -> (B, 3, H, W) float32, as the reference did on
-        the CPU: x/255, then (x - mean) / (std + 1e-8)."""
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        return (x - m) / (s + 1e-8)
-
-    return preprocess
-
-
-preprocess_imagenet = _normalizer(IMAGENET_MEAN, IMAGENET_STD)
+preprocess_imagenet = image_normalizer(IMAGENET_MEAN, IMAGENET_STD)
 
 SPEC = ModelSpec(
     name="resnet",
