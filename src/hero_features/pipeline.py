@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +34,7 @@ from .workers import DecodePool, inline_messages
 
 
 MAX_WAITING_VIDEOS = 32  # decoded videos whose outputs wait for a batch to fill
+SPARE_BUFFER_SHAPES = 4  # (model, unit shape) pairs whose batch buffers are kept for reuse
 # --precision: fp32 is the reference's (CLIP still runs in fp16 on CUDA, as the reference
 # did); fp16 / bf16 run every model under autocast, trading parity for speed (see
 # docs/benchmarks.md for what each keeps).
@@ -57,6 +60,15 @@ class _VideoState:
     rows: dict = field(default_factory=dict)  # model -> {unit index: feature row}
     warnings: list = field(default_factory=list)  # (stage, message) of a damaged stream
     next_index: dict = field(default_factory=dict)  # model -> next unit index
+
+
+@dataclass
+class _Batch:
+    """A batch being filled: units copied into one reusable (pinned on CUDA) buffer."""
+
+    buffer: torch.Tensor  # (batch_size, *unit shape) uint8
+    segments: list = field(default_factory=list)  # (video_id, first unit index, count)
+    fill: int = 0
 
 
 def make_groups(specs: Sequence[ModelSpec]) -> list[Group]:
@@ -110,79 +122,87 @@ class Extractor:
         self._fatal: Optional[BaseException] = None
         self.progress = progress
         self.groups = make_groups(specs)
-        # model -> unit shape -> list of (video_id, first unit index, uint8 array)
-        self._queued: dict[str, dict] = {name: {} for name in self.specs}
+        # (model, unit shape) -> the batch being filled; units of one model are batched
+        # across videos, but only with units of the same shape (frames of differently sized
+        # videos cannot share a tensor).
+        self._open: dict[tuple, _Batch] = {}
+        # Buffers whose batch is through the model, by (model, shape): reused, so a long run
+        # does not allocate (and pin) a fresh batch-sized buffer every batch.
+        self._spare: "OrderedDict[tuple, list[torch.Tensor]]" = OrderedDict()
         self._videos: dict[int, _VideoState] = {}
 
     # -- batching ---------------------------------------------------------------------------
-    # Units of one model are batched across videos, but only with units of the same shape
-    # (frames of differently sized videos cannot share a tensor).
     def _queue_units(self, video_id: int, model: str, units: np.ndarray) -> None:
+        """Copy units into their batch (the array may be a shared-memory view that is only
+        valid until the next message), launching every batch that fills up."""
         state = self._videos[video_id]
         start = state.next_index.get(model, 0)
         state.next_index[model] = start + len(units)
-        state.pending += 1
-        waiting = self._queued[model].setdefault(units.shape[1:], [])
-        waiting.append((video_id, start, units))
-        if sum(len(u) for _, _, u in waiting) >= self.batch_size:
-            self._run(model, units.shape[1:], full_only=True)
+        key = (model, units.shape[1:])
+        copied = 0
+        while copied < len(units):
+            batch = self._open.get(key)
+            if batch is None:
+                batch = self._open[key] = _Batch(self._buffer(key))
+            count = min(len(units) - copied, self.batch_size - batch.fill)
+            np.copyto(batch.buffer[batch.fill:batch.fill + count].numpy(),
+                      units[copied:copied + count])
+            batch.segments.append((video_id, start + copied, count))
+            state.pending += 1
+            batch.fill += count
+            copied += count
+            if batch.fill == self.batch_size:
+                del self._open[key]
+                self._forward(model, batch)
 
-    def _run(self, model: str, shape: tuple, full_only: bool = False) -> None:
-        waiting = self._queued[model][shape]
-        while waiting:
-            if full_only and sum(len(u) for _, _, u in waiting) < self.batch_size:
-                return
-            batch, taken = [], 0
-            while waiting and taken < self.batch_size:
-                video_id, start, units = waiting[0]
-                room = self.batch_size - taken
-                if len(units) > room:  # split a chunk across two batches
-                    waiting[0] = (video_id, start + room, units[room:])
-                    units = units[:room]
-                    self._videos[video_id].pending += 1
-                else:
-                    waiting.pop(0)
-                batch.append((video_id, start, units))
-                taken += len(units)
-            self._forward(model, batch)
-        del self._queued[model][shape]
+    def _buffer(self, key: tuple) -> torch.Tensor:
+        spare = self._spare.get(key)
+        if spare:
+            return spare.pop()
+        return torch.empty((self.batch_size, *key[1]), dtype=torch.uint8,
+                           pin_memory=self.device.type == "cuda")
+
+    def _give_back(self, key: tuple, buffer: torch.Tensor) -> None:
+        self._spare.setdefault(key, []).append(buffer)
+        self._spare.move_to_end(key)
+        while len(self._spare) > SPARE_BUFFER_SHAPES:  # rare frame sizes are not hoarded
+            self._spare.popitem(last=False)
 
     def _flush(self) -> None:
-        for model, shapes in self._queued.items():
-            for shape in list(shapes):
-                self._run(model, shape)
+        for key in list(self._open):
+            self._forward(key[0], self._open.pop(key))
         if self._in_flight is not None:
             launched, self._in_flight = self._in_flight, None
             self._collect(launched)
 
     @torch.inference_mode()
-    def _forward(self, model: str, batch: list) -> None:
+    def _forward(self, model: str, batch: _Batch) -> None:
         """Launch one batch; its rows are collected after the NEXT batch is launched, so on a
         GPU the copy back and the bookkeeping overlap with compute."""
         spec = self.specs[model]
-        live = [(v, s, u) for v, s, u in batch if not self._videos[v].failed]
         started = time.perf_counter()
         rows = done = None
-        if live:
-            host = torch.from_numpy(np.concatenate([u for _, _, u in live]))
+        if any(not self._videos[v].failed for v, _, _ in batch.segments):
             cuda = self.device.type == "cuda"
             try:
-                if cuda:
-                    host = host.pin_memory()
-                features = device_features(spec, self.models[model], host, self.device,
+                features = device_features(spec, self.models[model],
+                                           batch.buffer[:batch.fill], self.device,
                                            self.autocast_dtype)
                 if cuda:
                     rows = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
                     rows.copy_(features, non_blocking=True)
+                    # Also marks the end of the (non-blocking) upload from batch.buffer.
                     done = torch.cuda.Event()
                     done.record()
                 else:
                     rows = features
             except Exception as exc:  # e.g. CUDA out of memory: lose these videos, not the run
-                for video_id in {v for v, _, _ in live}:
+                if cuda:
+                    torch.cuda.synchronize(self.device)  # the buffer may still be uploading
+                for video_id in {v for v, _, _ in batch.segments}:
                     self._fail(video_id, "model", f"{model}: {type(exc).__name__}: {exc}")
                 rows = None
-        previous, self._in_flight = self._in_flight, (model, batch, live, rows, done, started)
+        previous, self._in_flight = self._in_flight, (model, batch, rows, done, started)
         if previous is not None:
             self._collect(previous)
         if self.device.type != "cuda":
@@ -190,7 +210,7 @@ class Extractor:
             self._in_flight = None
 
     def _collect(self, launched) -> None:
-        model, batch, live, rows, done, started = launched
+        model, batch, rows, done, started = launched
         if done is not None:
             done.synchronize()
         self.model_seconds[model] = self.model_seconds.get(model, 0.0) + \
@@ -198,14 +218,15 @@ class Extractor:
         if rows is not None:
             rows = rows.numpy()
             offset = 0
-            for video_id, start, units in live:
+            for video_id, start, count in batch.segments:
                 state = self._videos[video_id]
                 if not state.failed:
                     table = state.rows.setdefault(model, {})
-                    for i in range(len(units)):
+                    for i in range(count):
                         table[start + i] = rows[offset + i]
-                offset += len(units)
-        for video_id, _, _ in batch:
+                offset += count
+        self._give_back((model, tuple(batch.buffer.shape[1:])), batch.buffer)
+        for video_id, _, _ in batch.segments:
             self._videos[video_id].pending -= 1
             self._maybe_finish(video_id)
 
@@ -295,6 +316,9 @@ class Extractor:
         workers = self.workers if total is None else min(self.workers, total)
         pool = DecodePool(workers, self.groups, self.settings, self.video_timeout) \
             if workers > 0 else None
+        if pool is not None and pool.transport_note:
+            tqdm.write(f"note: decoded frames go through pipes, not shared memory: "
+                       f"{pool.transport_note}", file=sys.stderr)
         messages = pool.messages(self._register(jobs)) if pool else \
             inline_messages(self._register(jobs), self.groups, self.settings)
         try:

@@ -2,7 +2,8 @@
 
 Every worker has its own job queue and its own result pipe, so a worker that hangs inside
 native decoder code (or dies) can be killed and replaced without corrupting what the other
-workers send; the video it held is reported as failed and the run goes on.
+workers send; the video it held is reported as failed and the run goes on. Decoded units
+travel through each worker's shared-memory arena (transport.py), the rest through the pipe.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from multiprocessing.connection import wait
 from typing import Iterator, Optional, Sequence
 
 from .producer import Group, Settings, produce
+from .transport import Arena, SlotRef, SlotWriter, shm_room
 
 # A worker is not timed while it starts (a spawned interpreter importing numpy and PyAV can
 # take seconds on a loaded machine); only one that never starts at all is given up on.
 STARTUP_LIMIT = 120.0
 
 
-def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
+def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits) -> None:
     # Ctrl-C reaches the whole process group; the main process decides what stops and
     # when (DecodePool.close), and a worker dying on its own would be logged as a failure.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -31,6 +33,7 @@ def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
         # A main process killed with SIGKILL cannot stop us, and an idle worker would wait
         # on its job queue forever (it holds that queue's write end itself).
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+    writer = SlotWriter(arena_name, credits) if arena_name else None
     try:
         while True:
             item = jobs.get()
@@ -40,7 +43,7 @@ def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
             conn.send(("started", video_id))  # the stall clock starts now, not at spawn
             try:
                 for message in produce_fn(video_id, path, groups, settings, active):
-                    conn.send(message)
+                    conn.send(writer.pack(message) if writer else message)
             except (BrokenPipeError, EOFError):
                 raise
             except Exception as exc:  # a bug for one video must not cost the worker
@@ -50,6 +53,8 @@ def _worker_main(jobs, conn, groups, settings, produce_fn) -> None:
         return
     finally:
         conn.close()
+        if writer is not None:
+            writer.close()
 
 
 def _exit_with(sentinel) -> None:
@@ -78,6 +83,7 @@ class _Slot:
     process: mp.Process
     jobs: object  # its own job queue
     conn: object  # read end of its result pipe
+    credits: object  # write end of the pipe its shared-memory slots go back on (or None)
     video_id: Optional[int] = None
     last_seen: float = field(default_factory=time.monotonic)
     started: bool = False  # the worker has taken up video_id
@@ -95,33 +101,69 @@ class DecodePool:
     """`workers` decode processes fed lazily from an iterator of (video_id, path, groups)."""
 
     def __init__(self, workers: int, groups: Sequence[Group], settings: Settings,
-                 video_timeout: Optional[float] = None, produce_fn=produce):
+                 video_timeout: Optional[float] = None, produce_fn=produce,
+                 shared_memory: bool = True):
         # produce_fn: a module-level function (it is sent to spawned processes); tests pass
         # one that hangs or crashes.
         self.ctx = mp.get_context("spawn")  # never fork a process holding torch / CUDA state
         self.groups, self.settings = groups, settings
         self.video_timeout = video_timeout
         self.produce_fn = produce_fn
-        self.slots = [self._start() for _ in range(max(1, workers))]
+        workers = max(1, workers)
+        # Why units go through the pipes although shared memory was asked for, or None.
+        self.transport_note = shm_room(workers) if shared_memory else None
+        # One arena per worker place, kept when its worker is replaced: a killed worker
+        # writes nothing more, so its successor can start with every slot free.
+        use_shm = shared_memory and self.transport_note is None
+        self.arenas = [Arena() for _ in range(workers)] if use_shm else []
+        self.slots = [self._start(i) for i in range(workers)]
         self.replaced = 0
 
-    def _start(self) -> _Slot:
+    def _start(self, index: int) -> _Slot:
         jobs = self.ctx.Queue()
         reader, writer = self.ctx.Pipe(duplex=False)
+        credits_reader = credits_writer = arena_name = None
+        if self.arenas:
+            credits_reader, credits_writer = self.ctx.Pipe(duplex=False)
+            arena_name = self.arenas[index].name
         process = self.ctx.Process(target=_worker_main,
                                    args=(jobs, writer, self.groups, self.settings,
-                                         self.produce_fn), daemon=True)
+                                         self.produce_fn, arena_name, credits_reader),
+                                   daemon=True)
         process.start()
         writer.close()  # the child holds its own copy; EOF on ours means the child is gone
-        return _Slot(process, jobs, reader)
+        if credits_reader is not None:
+            credits_reader.close()
+        return _Slot(process, jobs, reader, credits_writer)
 
-    def _replace(self, slot: _Slot) -> _Slot:
+    def _replace(self, index: int) -> _Slot:
+        slot = self.slots[index]
         if slot.process.is_alive():
             slot.process.kill()
         slot.process.join(timeout=5)
-        slot.conn.close()
+        self._close_pipes(slot)
         self.replaced += 1
-        return self._start()
+        return self._start(index)
+
+    @staticmethod
+    def _close_pipes(slot: _Slot) -> None:
+        slot.conn.close()
+        if slot.credits is not None:
+            slot.credits.close()
+
+    def _unpack(self, index: int, message: tuple) -> tuple:
+        if message[0] == "units" and isinstance(message[3], SlotRef):
+            return message[:3] + (self.arenas[index].view(message[3]),)
+        return message
+
+    def _release(self, index: int, message: tuple) -> None:
+        """Hand a units message's slot back once the consumer is done with the array."""
+        slot = self.slots[index]
+        if message[0] == "units" and isinstance(message[3], SlotRef) and slot.credits:
+            try:
+                slot.credits.send(message[3].slot)
+            except (BrokenPipeError, OSError):  # the worker is gone; its successor starts afresh
+                pass
 
     def messages(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
         jobs = iter(jobs)
@@ -137,7 +179,7 @@ class DecodePool:
                         if not slot.process.is_alive():
                             # Died between videos (e.g. the OOM killer): the next video
                             # must not be blamed for it.
-                            slot = self.slots[index] = self._replace(slot)
+                            slot = self.slots[index] = self._replace(index)
                         slot.video_id, slot.last_seen = job[0], time.monotonic()
                         slot.started = False
                         slot.jobs.put(job)
@@ -161,7 +203,10 @@ class DecodePool:
                                 continue
                             if message[0] == "done":
                                 slot.video_id = None
-                            yield message
+                            # A units array in shared memory is only valid until the
+                            # consumer asks for the next message.
+                            yield self._unpack(index, message)
+                            self._release(index, message)
                             continue
                         reason = f"{_death(slot.process)} while decoding this video"
                     elif not slot.started:
@@ -176,7 +221,7 @@ class DecodePool:
                     else:
                         continue
                     video_id = slot.video_id
-                    self.slots[index] = self._replace(slot)
+                    self.slots[index] = self._replace(index)
                     yield ("error", video_id, "decode", reason)
                     yield ("done", video_id)
         finally:
@@ -194,5 +239,8 @@ class DecodePool:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(timeout=5)
-            slot.conn.close()
+            self._close_pipes(slot)
         self.slots = []
+        for arena in self.arenas:
+            arena.close()
+        self.arenas = []

@@ -1,0 +1,111 @@
+"""Decoded units from a decode worker to the main process through shared memory.
+
+Each worker gets an *arena* in /dev/shm, created and owned by the main process, cut into
+`SLOTS` slots of `SLOT_BYTES`. The worker copies a units array into a free slot and sends
+only a `SlotRef` (slot, shape, dtype) down its pipe; the main process reads the array in
+place, copies it into a batch and hands the slot back over a second pipe. A worker whose
+slots are all waiting to be read blocks until one comes back, so memory stays bounded just
+as with a full pipe.
+
+Anything else travels pickled through the pipe as before: messages other than units, units
+larger than a slot (very wide uncropped frames), and every message when /dev/shm has too
+little room (Docker's default is 64 MiB; launch_container.sh runs with --ipc=host).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Optional
+
+import numpy as np
+
+# 32 cropped 224x224 frames (one SlowFast/S3D clip) are 4.6 MiB and 16 uncropped 16:9 frames
+# at 224 lines 4.1 MiB; 8 MiB leaves room for wider frames and for CLIP RN50x4's 288.
+SLOT_BYTES = 8 << 20
+SLOTS = 4
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """Where a units array lies in a worker's arena."""
+
+    slot: int
+    shape: tuple
+    dtype: str
+
+
+def arena_bytes() -> int:
+    return SLOT_BYTES * SLOTS
+
+
+def shm_room(workers: int, path: str = "/dev/shm") -> Optional[str]:
+    """None when /dev/shm can hold every worker's arena with room to spare, else why not.
+
+    Pages of a POSIX shared memory segment are only allocated when touched, so a too-small
+    /dev/shm would show up as SIGBUS in the middle of a run; checking up front turns that into
+    the pipe transport instead.
+    """
+    need = workers * arena_bytes()
+    try:
+        stats = os.statvfs(path)
+    except OSError as exc:
+        return f"{path} unavailable ({exc.strerror})"
+    free = stats.f_bavail * stats.f_frsize
+    if free < 2 * need:
+        return f"{path} has {free >> 20} MiB free, {2 * need >> 20} MiB wanted"
+    return None
+
+
+class Arena:
+    """The main process's side of one worker's arena."""
+
+    def __init__(self) -> None:
+        self.shm = shared_memory.SharedMemory(create=True, size=arena_bytes())
+        self.name = self.shm.name
+
+    def view(self, ref: SlotRef) -> np.ndarray:
+        """The array in place: valid until its slot is handed back."""
+        return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=self.shm.buf,
+                          offset=ref.slot * SLOT_BYTES)
+
+    def close(self) -> None:
+        try:
+            self.shm.close()
+        except BufferError:  # a view is still referenced somewhere; the unlink still frees it
+            pass
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class SlotWriter:
+    """The worker's side: put units into free slots, take slots back as they are released."""
+
+    def __init__(self, arena_name: str, credits) -> None:
+        self.shm = shared_memory.SharedMemory(name=arena_name)
+        self.credits = credits  # read end of the pipe the main process returns slots on
+        self.free = list(range(SLOTS))
+
+    def pack(self, message: tuple) -> tuple:
+        """The message to send: units moved into a slot when they fit, else unchanged."""
+        if message[0] != "units" or message[3].nbytes > SLOT_BYTES:
+            return message
+        units = message[3]
+        while self.credits.poll():
+            self.free.append(self.credits.recv())
+        if not self.free:
+            self.free.append(self.credits.recv())  # every slot is queued: wait for the reader
+        slot = self.free.pop()
+        target = np.ndarray(units.shape, units.dtype, buffer=self.shm.buf,
+                            offset=slot * SLOT_BYTES)
+        target[...] = units
+        del target  # no view may outlive the mapping
+        return message[:3] + (SlotRef(slot, units.shape, units.dtype.str),)
+
+    def close(self) -> None:
+        try:
+            self.shm.close()
+        except BufferError:
+            pass

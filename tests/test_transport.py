@@ -1,0 +1,122 @@
+"""Decoded units through shared memory: same bytes as in-process decoding, slots never
+overwritten before the reader is done, oversized units through the pipe, nothing left in
+/dev/shm."""
+from __future__ import annotations
+
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hero_features.producer import Group, Settings, produce
+from hero_features.transport import SLOT_BYTES, SLOTS, shm_room
+from hero_features.workers import DecodePool
+
+DATA = Path(__file__).parent / "data" / "videos"
+CLIPS = (Group(("slowfast",), "clip", 224, True),)
+FRAMES = (Group(("resnet",), "frame", 224, False),)
+SETTINGS = Settings(clip_len=Fraction(2))
+MANY = 3 * SLOTS + 1  # more messages than a worker has slots
+
+
+def numbered_units(video_id, path, groups, settings, active):
+    """Units whose every byte is their message number, so a reused slot would show."""
+    yield ("info", video_id, None)
+    for i in range(MANY):
+        yield ("units", video_id, 0, np.full((2, 64, 64, 3), i, np.uint8))
+    yield ("end", video_id, 1.0)
+
+
+def oversized_units(video_id, path, groups, settings, active):
+    yield ("info", video_id, None)
+    yield ("units", video_id, 0, np.full((SLOT_BYTES // 3 + 1, 1, 1, 3), 7, np.uint8))
+    yield ("units", video_id, 0, np.full((1, 8, 8, 3), 9, np.uint8))
+    yield ("end", video_id, 1.0)
+
+
+def _shm_files() -> set:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+def _arena_ranges(pool) -> list:
+    ranges = []
+    for arena in pool.arenas:
+        whole = np.frombuffer(arena.shm.buf, np.uint8)
+        start = whole.__array_interface__["data"][0]
+        ranges.append((start, start + whole.nbytes))
+        del whole  # no view may outlive the pool's mapping
+    return ranges
+
+
+def _in_arena(ranges, array: np.ndarray) -> bool:
+    address = array.__array_interface__["data"][0]
+    return any(start <= address < end for start, end in ranges)
+
+
+def _video() -> Path:
+    videos = sorted(DATA.glob("*.mp4"))
+    if not videos:
+        pytest.skip("no sample video")
+    return videos[0]
+
+
+@pytest.mark.parametrize("groups", [CLIPS, FRAMES], ids=["clips", "frames"])
+def test_units_through_shared_memory_match_in_process_decoding(groups):
+    video = _video()
+    expected = [m[3].copy() for m in produce(0, str(video), groups, SETTINGS)
+                if m[0] == "units"]
+    pool = DecodePool(1, groups, SETTINGS)
+    assert pool.arenas, pool.transport_note
+    ranges = _arena_ranges(pool)
+    got, in_place = [], 0
+    for message in pool.messages([(0, str(video), (0,))]):
+        if message[0] == "units":
+            in_place += _in_arena(ranges, message[3])  # read in place, not unpickled
+            got.append(message[3].copy())
+    assert len(got) == len(expected) > 0
+    assert in_place == len(got)
+    for a, b in zip(got, expected):
+        assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_a_slot_is_not_reused_before_the_reader_asks_for_the_next_message():
+    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=numbered_units)
+    names = {arena.name.lstrip("/") for arena in pool.arenas}
+    values = []
+    for message in pool.messages([(0, "unused", (0,))]):
+        if message[0] == "units":
+            time.sleep(0.02)  # a writer ignoring the hand-back would overwrite this slot now
+            assert len(np.unique(message[3])) == 1
+            values.append(int(message[3][0, 0, 0, 0]))
+    assert values == list(range(MANY))
+    # The arenas are gone once the pool is closed (messages() closes it).
+    assert not names & _shm_files()
+
+
+def test_units_larger_than_a_slot_go_through_the_pipe():
+    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=oversized_units)
+    ranges = _arena_ranges(pool)
+    seen = [(_in_arena(ranges, m[3]), m[3].nbytes, int(m[3].max()))
+            for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    assert seen == [(False, (SLOT_BYTES // 3 + 1) * 3, 7), (True, 8 * 8 * 3, 9)]
+
+
+def test_without_shared_memory_everything_goes_through_the_pipe():
+    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=numbered_units, shared_memory=False)
+    assert pool.arenas == [] and pool.transport_note is None
+    units = [m[3] for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    # Kept after the loop and still intact: nothing was read in place and reused.
+    assert [int(u[0, 0, 0, 0]) for u in units] == list(range(MANY))
+
+
+def test_too_little_room_in_dev_shm_is_reported_not_crashed_into(tmp_path):
+    assert shm_room(1, str(tmp_path)) is None or "MiB free" in shm_room(1, str(tmp_path))
+    reason = shm_room(10 ** 9, str(tmp_path))  # more arenas than any disk holds
+    assert reason is not None and "MiB free" in reason and "wanted" in reason
+    assert "unavailable" in shm_room(1, str(tmp_path / "missing"))
