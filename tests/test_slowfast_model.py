@@ -16,7 +16,7 @@ import torch
 
 from hero_features.models.slowfast import (
     SLOWFAST_INDICES, SPEC, SlowFastR50, caffe2_key, convert_caffe2_blobs, load_slowfast,
-    load_state_strict, preprocess_slowfast)
+    preprocess_slowfast)
 from hero_features.safe_pickle import UnsafePickleError, load_caffe2_pickle
 
 
@@ -97,7 +97,8 @@ def test_loaded_values_equal_blobs(model, blobs):
 def test_removed_blob_is_named(tmp_path, blobs):
     tampered = {k: v for k, v in blobs.items() if k != "res3_1_branch2b_bn_riv"}
     path = _write_pickle(tmp_path / "SLOWFAST_8x8_R50.pkl", {"blobs": tampered})
-    with pytest.raises(ValueError, match=r"missing.*s3\.pathway0_res1\.branch2\.b_bn\.running_var"):
+    with pytest.raises(ValueError,
+                       match=r"missing keys: .*s3\.pathway0_res1\.branch2\.b_bn\.running_var"):
         load_slowfast(path, "cpu")
 
 
@@ -113,15 +114,19 @@ def test_blob_outside_the_architecture_is_named(tmp_path, blobs):
     # well-formed Caffe2 name of a block R50 does not have (res2 has blocks 0..2)
     tampered = {**blobs, "res2_3_branch2a_w": blobs["res2_2_branch2a_w"]}
     path = _write_pickle(tmp_path / "SLOWFAST_8x8_R50.pkl", {"blobs": tampered})
-    with pytest.raises(ValueError, match=r"not in the model.*s2\.pathway0_res3\.branch2\.a\.weight"):
+    with pytest.raises(ValueError,
+                       match=r"unexpected keys: .*s2\.pathway0_res3\.branch2\.a\.weight"):
         load_slowfast(path, "cpu")
 
 
-def test_shape_mismatch_is_named(blobs):
+def test_shape_mismatch_is_named(tmp_path, blobs):
     state = convert_caffe2_blobs(blobs)
-    state["head.projection.weight"] = state["head.projection.weight"][:, :2048]
-    with pytest.raises(ValueError, match=r"shape mismatch.*head\.projection\.weight"):
-        load_state_strict(SlowFastR50(), state)
+    state["head.projection.weight"] = state["head.projection.weight"][:, :2048].clone()
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"model_state": state}, path)
+    with pytest.raises(ValueError, match=r"shape mismatch: head\.projection\.weight "
+                                         r"checkpoint \(400, 2048\) != model \(400, 2304\)"):
+        load_slowfast(path, "cpu")
 
 
 def test_pyth_model_state_round_trip(tmp_path, model):

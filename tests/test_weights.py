@@ -13,6 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+from torch import nn
 
 import hero_features.models.clip as clip_models
 import hero_features.models.resnet as resnet_model
@@ -21,7 +23,8 @@ import hero_features.weights as weights
 from hero_features.cli import main
 from hero_features.models import MODEL_IDS, get_spec
 from hero_features.models.base import Checkpoint
-from hero_features.weights import WeightsError, find_checkpoint, resolve_checkpoint
+from hero_features.weights import (CheckpointMismatch, WeightsError, find_checkpoint,
+                                   is_bn_counter, load_state_dict_strict, resolve_checkpoint)
 
 PAYLOAD = bytes(range(256)) * 4099  # ~1 MiB: more than one read block, not a multiple of it
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -266,3 +269,88 @@ def test_models_command_lists_every_model_and_its_checkpoint_state(places, monke
     assert "present (no published hash)" in rows["mil-nce"]
     assert rows["slowfast"].endswith("missing") and rows["clip-rn50x4"].endswith("missing")
     assert (clip_models.VIT_SPEC.dim, s3d_model.SPEC.dim) == (512, 1024)
+
+
+# == load_state_dict_strict ===================================================================
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+
+def _checkpoint() -> dict:
+    return {k: torch.full_like(v, 7) for k, v in _small_model().state_dict().items()}
+
+
+def test_strict_load_copies_a_fitting_checkpoint():
+    model = _small_model()
+    load_state_dict_strict(model, _checkpoint(), what="ckpt.pth")
+    assert all((v == 7).all() for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda sd: sd.pop("0.bias"), "missing keys: 0.bias"),
+    (lambda sd: sd.update({"2.weight": torch.zeros(3)}), "unexpected keys: 2.weight"),
+    (lambda sd: sd.update({"0.weight": torch.zeros(3, 3)}),
+     "shape mismatch: 0.weight checkpoint (3, 3) != model (3, 2)"),
+    (lambda sd: sd.update({"0.weight": [[0.0] * 2] * 3}),
+     "shape mismatch: 0.weight checkpoint list != model (3, 2)"),
+    (lambda sd: sd.pop("1.num_batches_tracked"), "missing keys: 1.num_batches_tracked"),
+], ids=["missing", "unexpected", "misshapen", "not-a-tensor", "not-optional-by-default"])
+def test_strict_load_refuses_by_name(change, problem):
+    model, state = _small_model(), _checkpoint()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    change(state)
+    with pytest.raises(CheckpointMismatch) as error:
+        load_state_dict_strict(model, state, what="toy checkpoint /w/ckpt.pth")
+    assert str(error.value).startswith("toy checkpoint /w/ckpt.pth does not fit the model: ")
+    assert problem in str(error.value)
+    # pipeline.load_models passes WeightsError on as is; the model loaders' callers catch
+    # ValueError
+    assert isinstance(error.value, WeightsError) and isinstance(error.value, ValueError)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_strict_load_lists_every_kind_of_problem_at_once():
+    state = _checkpoint()
+    del state["0.bias"]
+    state["0.weight"] = torch.zeros(1)
+    state["extra"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatch) as error:
+        load_state_dict_strict(_small_model(), state, what="ckpt")
+    assert str(error.value) == ("ckpt does not fit the model: missing keys: 0.bias; "
+                                "unexpected keys: extra; "
+                                "shape mismatch: 0.weight checkpoint (1,) != model (3, 2)")
+
+
+def test_optional_keys_may_be_absent_and_keep_the_model_value():
+    model, state = _small_model(), _checkpoint()
+    del state["1.num_batches_tracked"]
+    model.state_dict()["1.num_batches_tracked"].fill_(5)
+    load_state_dict_strict(model, state, what="ckpt", optional=is_bn_counter)
+    assert model.state_dict()["1.num_batches_tracked"] == 5
+    assert (model.state_dict()["1.running_mean"] == 7).all()
+    # optional only excuses absence: a present optional key must still fit
+    state["1.num_batches_tracked"] = torch.zeros(2)
+    with pytest.raises(CheckpointMismatch, match="shape mismatch: 1.num_batches_tracked"):
+        load_state_dict_strict(model, state, what="ckpt", optional=is_bn_counter)
+
+
+def test_ignored_prefixes_are_dropped_before_the_check():
+    model = _small_model()
+    state = {**_checkpoint(), "text.embedding": torch.zeros(10, 4)}
+    load_state_dict_strict(model, state, what="ckpt", ignore_prefixes=("text.",))
+    assert "text.embedding" not in model.state_dict()
+
+
+def test_listing_is_capped():
+    extra = {f"extra.{i:02d}": torch.zeros(1) for i in range(25)}
+    with pytest.raises(CheckpointMismatch) as error:
+        load_state_dict_strict(_small_model(), {**_checkpoint(), **extra}, what="ckpt",
+                               max_listed=3)
+    assert str(error.value).endswith(
+        "unexpected keys: extra.00, extra.01, extra.02 ... and 22 more")
+    with pytest.raises(CheckpointMismatch) as error:  # the default cap is 20
+        load_state_dict_strict(_small_model(), {**_checkpoint(), **extra}, what="ckpt")
+    assert "extra.19 ... and 5 more" in str(error.value)
+    assert "extra.20" not in str(error.value)

@@ -15,7 +15,7 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,11 @@ DOCKER_WEIGHTS = Path("/models")
 
 class WeightsError(RuntimeError):
     """A checkpoint that is missing, fails verification, or does not fit the model."""
+
+
+class CheckpointMismatch(WeightsError, ValueError):
+    """A checkpoint whose tensors do not fit the model. Also a ValueError, which the model
+    loaders raise for every other kind of wrong file, so callers need not tell them apart."""
 
 
 def cache_dir() -> Path:
@@ -201,28 +206,46 @@ def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:
     return state
 
 
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
-                           ignore_prefixes: Iterable[str] = (),
-                           optional: Iterable[str] = ()) -> None:
-    """Load `state` into `model`, failing loudly on any missing, unexpected or misshapen key.
+def is_bn_counter(key: str) -> bool:
+    """BatchNorm's `num_batches_tracked`: older PyTorch did not save it and eval never reads
+    it, so a checkpoint may lack it."""
+    return key.endswith("num_batches_tracked")
 
+
+def list_names(names: Sequence[str], limit: int = 20) -> str:
+    """`names` comma-separated, cut after `limit`: a wrong file can differ in every key."""
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _shape(value) -> object:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
+                           ignore_prefixes: Iterable[str] = (),
+                           optional: Callable[[str], bool] = lambda key: False,
+                           max_listed: int = 20) -> None:
+    """Load `state` into `model`, refusing any missing, unexpected or misshapen key by name.
+
+    `what` names the checkpoint in the error (e.g. "SlowFast R50 checkpoint PATH");
     `ignore_prefixes`: checkpoint keys deliberately unused (e.g. a text tower);
-    `optional`: model key suffixes a checkpoint may lack (e.g. BN `num_batches_tracked`).
+    `optional(key)`: model keys a checkpoint may lack, left as the model has them;
+    `max_listed`: names listed per problem.
+    Raises CheckpointMismatch (a WeightsError and a ValueError).
     """
-    ignore_prefixes, optional = tuple(ignore_prefixes), tuple(optional)
+    ignore_prefixes = tuple(ignore_prefixes)
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(optional)]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if misshapen:
-        problems.append(f"shape mismatches: {'; '.join(misshapen)}")
+    missing = sorted(k for k in expected if k not in state and not optional(k))
+    unexpected = sorted(k for k in state if k not in expected)
+    misshapen = [f"{k} checkpoint {_shape(state[k])} != model {tuple(expected[k].shape)}"
+                 for k in sorted(state.keys() & expected.keys())
+                 if _shape(state[k]) != tuple(expected[k].shape)]
+    problems = [f"{label}: {list_names(names, max_listed)}" for label, names in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("shape mismatch", misshapen)) if names]
     if problems:
-        raise WeightsError(f"{what} does not fit the model: " + " | ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+        raise CheckpointMismatch(f"{what} does not fit the model: " + "; ".join(problems))
+    # Everything left out is optional, so strict=False only lets those keep their values.
+    model.load_state_dict(state, strict=False)

@@ -26,6 +26,7 @@ import torch
 from open_clip.model import CLIP, convert_weights_to_fp16
 from torch import nn
 
+from ..weights import load_state_dict_strict
 from .base import Checkpoint, ModelSpec, image_normalizer
 
 _URL = "https://openaipublic.azureedge.net/clip/models/{}/{}"
@@ -38,7 +39,6 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 # OpenAI's archives carry these hyper-parameters as int tensors next to the weights; they are
 # not parameters of the model.
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -109,26 +109,6 @@ def _identify(sd: Dict[str, torch.Tensor]):
     return None
 
 
-def _listed(keys) -> str:
-    keys = list(keys)
-    more = f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
-
-
-def _check_keys(model: nn.Module, sd: Dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    """Fail with the offending names, before load_state_dict's less readable error."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(want.keys() - sd.keys())
-    unexpected = sorted(sd.keys() - want.keys())
-    wrong = [f"{k} {tuple(sd[k].shape)} != {want[k]}" for k in sorted(want.keys() & sd.keys())
-             if tuple(sd[k].shape) != want[k]]
-    problems = [f"{label}: {_listed(keys)}" for label, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch (file != model)", wrong)) if keys]
-    if problems:
-        raise ValueError(f"{path} is not a CLIP {arch} checkpoint: " + "; ".join(problems))
-
-
 def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Module:
     """Build CLIP `arch` ("ViT-B/32" or "RN50x4") from `path`, strictly, in eval mode.
 
@@ -160,8 +140,7 @@ def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Mod
                  cast_dtype=torch.float16 if half else None)
     if half:
         convert_weights_to_fp16(model)
-    _check_keys(model, sd, path, arch)
-    model.load_state_dict(sd, strict=True)
+    load_state_dict_strict(model, sd, what=f"CLIP {arch} checkpoint {path}")
     # The text tower was only needed to check the whole file.
     encoder = ClipImageEncoder(model.visual, torch.float16 if half else torch.float32)
     return encoder.to(device).eval()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet152
 
-from ..weights import load_state_dict_strict, safe_torch_load
+from ..weights import is_bn_counter, load_state_dict_strict, safe_torch_load
 from .base import Checkpoint, ModelSpec, image_normalizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +33,7 @@ def load_resnet152(path: Path, device: torch.device) -> ResNet152Trunk:
     # The official file carries the fc classifier too; check it like everything else, then
     # keep only the trunk.
     load_state_dict_strict(reference, state, what=f"ResNet-152 checkpoint {path}",
-                           optional=("num_batches_tracked",))
+                           optional=is_bn_counter)
     model = ResNet152Trunk()
     model.body.load_state_dict(nn.Sequential(*list(reference.children())[:-2]).state_dict())
     return model.eval().to(device)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..weights import is_bn_counter, load_state_dict_strict
 from .base import Checkpoint, ModelSpec
 
 # The README's link (www.rocq.inria.fr/cluster-willow/...) is dead; the maintainer gave this
@@ -141,37 +142,16 @@ class S3DG(nn.Module):
         return x.mean(dim=(2, 3, 4))
 
 
-def _check_state_dict(model: nn.Module, state: dict) -> dict:
-    """The file's weights for `model`, or ValueError naming every key that does not fit.
-
-    The reference loaded with strict=False, so a wrong file ran on random weights unnoticed.
-    """
-    expected = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIX)}
-    # Older PyTorch did not save BN's num_batches_tracked; it does not affect eval outputs.
-    missing = sorted(k for k in expected.keys() - state.keys()
-                     if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong_shape = sorted(
-        f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)
-    )
-    problems = [f"{what}: {', '.join(keys)}" for what, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch", wrong_shape)) if keys]
-    if problems:
-        raise ValueError("checkpoint does not fit S3D-G; " + "; ".join(problems))
-    return {**expected, **state}
-
-
 def load_s3d(path: Path, device) -> S3DG:
     # weights_only: a .pth is a pickle, and a pickle from the internet must not run code.
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     model = S3DG()
-    model.load_state_dict(_check_state_dict(model, state))
+    # Strictly: the reference loaded with strict=False, so a wrong file ran on random weights
+    # unnoticed.
+    load_state_dict_strict(model, state, what=f"MIL-NCE S3D-G checkpoint {path}",
+                           ignore_prefixes=(IGNORED_PREFIX,), optional=is_bn_counter)
     return model.float().eval().to(device)
 
 

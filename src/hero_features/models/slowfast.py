@@ -17,6 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..safe_pickle import load_caffe2_pickle
+from ..weights import is_bn_counter, list_names, load_state_dict_strict
 from .base import Checkpoint, ModelSpec
 
 # The reference took trunc(linspace(0, 31, 8)) from torch <= 1.5, which ends on 30 where
@@ -200,37 +201,13 @@ def convert_caffe2_blobs(blobs: Mapping[str, np.ndarray]) -> dict[str, torch.Ten
         source[key] = name
     if unknown:
         raise ValueError(f"Caffe2 checkpoint has blobs that are not part of SlowFast R50: "
-                         f"{_listing(unknown)}")
+                         f"{list_names(unknown)}")
     return state
 
 
-def _listing(names: list[str], limit: int = 20) -> str:
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def _optional(key: str) -> bool:
-    # eval never reads the BN batch counters, and the classifier is not part of the feature
-    return key.endswith("num_batches_tracked") or key.startswith("head.projection.")
-
-
-def load_state_strict(model: SlowFastR50, state: Mapping[str, torch.Tensor]) -> None:
-    """load_state_dict that refuses missing, unexpected and mis-shaped tensors by name."""
-    expected = model.state_dict()
-    problems = []
-    missing = sorted(k for k in expected if k not in state and not _optional(k))
-    if missing:
-        problems.append(f"missing from the checkpoint: {_listing(missing)}")
-    unexpected = sorted(k for k in state if k not in expected)
-    if unexpected:
-        problems.append(f"not in the model: {_listing(unexpected)}")
-    mismatched = [f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
-                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if mismatched:
-        problems.append(f"shape mismatch: {_listing(mismatched)}")
-    if problems:
-        raise ValueError("SlowFast checkpoint does not fit the model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+    # the classifier is not part of the feature, so a checkpoint without it still serves
+    return is_bn_counter(key) or key.startswith("head.projection.")
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -252,7 +229,8 @@ def load_slowfast(path: Path, device: torch.device | str = "cpu") -> SlowFastR50
     state = _read_state(path)
     classifier = state.get("head.projection.weight")
     model = SlowFastR50(num_classes=classifier.shape[0] if classifier is not None else 400)
-    load_state_strict(model, state)
+    load_state_dict_strict(model, state, what=f"SlowFast R50 checkpoint {path}",
+                           optional=_optional)
     return model.float().to(device).eval()
 
 
