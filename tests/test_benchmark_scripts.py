@@ -16,3 +16,14 @@ def test_gpu_script_smoke_runs_on_cpu(synthetic_checkpoints):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decode ceiling" in done.stdout and "ratio end-to-end / ceiling" in done.stdout
+
+
+def test_every_benchmark_script_imports_and_parses_its_arguments():
+    """The benchmarks are run by hand, rarely: keep each one at least importable."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert len(scripts) >= 6
+    for script in scripts:
+        result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                                text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 0, f"{script.name}: {result.stderr[-2000:]}"
+        assert "usage" in result.stdout.lower(), script.name
