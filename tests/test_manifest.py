@@ -92,7 +92,14 @@ def test_symlinked_directory_is_not_followed_but_file_link_is(tmp_path):
     (root / "linked_dir").symlink_to(outside.parent, target_is_directory=True)
     (root / "linked.mp4").symlink_to(outside)
     (root / "broken.mp4").symlink_to(tmp_path / "missing.mp4")
-    assert find_videos(root) == [root / "linked.mp4", root / "real/x.mp4"]
+    # The dangling link is listed so that extraction logs it as failed, not skipped.
+    assert find_videos(root) == [root / "broken.mp4", root / "linked.mp4", root / "real/x.mp4"]
+
+
+def test_a_fifo_with_a_video_name_is_listed_not_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")
+    os.mkfifo(tmp_path / "pipe.txt")
+    assert find_videos(tmp_path) == [tmp_path / "pipe.mp4"]  # returns: nothing was opened
 
 
 def test_find_videos_rejects_missing_root(tmp_path):

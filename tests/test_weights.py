@@ -354,3 +354,26 @@ def test_listing_is_capped():
         load_state_dict_strict(_small_model(), {**_checkpoint(), **extra}, what="ckpt")
     assert "extra.19 ... and 5 more" in str(error.value)
     assert "extra.20" not in str(error.value)
+
+
+def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys):
+    """Two processes starting together (one per GPU) must not both append to one .part."""
+    import fcntl
+
+    ckpt = _ckpt(server)
+    lock_path = places["weights_dir"] / "ckpt.pth.lock"
+    result = {}
+    with open(lock_path, "a+b") as other:  # another process holds the download
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiter = threading.Thread(
+            target=lambda: result.setdefault("path", resolve_checkpoint(
+                ckpt, places["weights_dir"])))
+        waiter.start()
+        waiter.join(timeout=1)
+        assert waiter.is_alive(), "did not wait for the lock"
+        (places["weights_dir"] / "ckpt.pth").write_bytes(PAYLOAD)  # the other one finished
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(timeout=10)
+    assert result["path"] == places["weights_dir"] / "ckpt.pth"
+    assert server.requests == []  # nothing fetched a second time
+    assert "waiting for another process downloading ckpt.pth" in capsys.readouterr().err

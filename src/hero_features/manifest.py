@@ -15,7 +15,8 @@ Differences from the reference's ``gather_video_paths.py`` (REFERENCE.md 1.1, bu
   a video extension but are not videos; hidden folders (``.git``, ``.Trash-1000``,
   ``.cache``) hold no corpus videos either.
 - Symlinks to files are collected; symlinks to directories are not followed (no loops, no
-  videos counted twice), like ``os.walk``. An unreadable directory raises instead of being
+  videos counted twice), like ``os.walk``. Anything else with a video name (a dangling
+  symlink, a FIFO) is listed as well, so extraction logs it as failed rather than skipping it. An unreadable directory raises instead of being
   skipped silently, so a gather never quietly drops part of a corpus.
 - The csv is quoted with the ``csv`` module and written atomically.
 - An output counts as done only when it holds a complete float16 ``(N, dim)`` array, not
@@ -120,7 +121,10 @@ def find_videos(root: Path) -> list[Path]:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(Path(entry.path))
-                elif entry.is_file() and _is_video_name(entry.name):
+                elif _is_video_name(entry.name) and not entry.is_dir():
+                    # Dangling symlinks, FIFOs and devices with a video name are listed too:
+                    # the decoder refuses them at once with the reason, so they end up in
+                    # failed.jsonl instead of vanishing from the corpus unnoticed.
                     videos.append(Path(entry.path))
     return sorted(videos)
 

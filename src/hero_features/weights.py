@@ -7,11 +7,14 @@ download exists, and verified against the published sha256 before it is renamed 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
 import re
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -106,7 +109,38 @@ def download_checkpoint(ckpt: Checkpoint, target_dir: Path,
         raise WeightsError(_missing_message(ckpt, weights_dir, f"cannot create {target_dir}: "
                                                                f"{exc}")) from None
     final = target_dir / ckpt.filename
-    partial = target_dir / (ckpt.filename + ".part")
+    with _download_lock(target_dir / (ckpt.filename + ".lock"), ckpt.filename):
+        if final.is_file():  # another process finished it while we waited
+            return final
+        return _download_locked(ckpt, final, weights_dir, timeout)
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path, name: str):
+    """One downloader per file: the per-device processes of `--gpus` (and Ray actors sharing
+    a host) start together and would otherwise append to the same .part. The lock file is
+    left in place: removing it would let a third process lock a new file while a second one
+    still waits on the old."""
+    try:
+        handle = open(path, "a+b")
+    except OSError as exc:
+        raise WeightsError(f"cannot download {name}: cannot write {path}: "
+                           f"{exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process downloading {name}", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_locked(ckpt: Checkpoint, final: Path, weights_dir: Optional[Path],
+                     timeout: float) -> Path:
+    partial = final.with_name(ckpt.filename + ".part")
     if not _fetch(ckpt, partial, weights_dir, timeout):
         # The server cannot continue this .part (it ignores or rejects its resume point).
         partial.unlink(missing_ok=True)
