@@ -27,3 +27,14 @@ def test_every_benchmark_script_imports_and_parses_its_arguments():
                                 text=True, timeout=120, cwd=ROOT)
         assert result.returncode == 0, f"{script.name}: {result.stderr[-2000:]}"
         assert "usage" in result.stdout.lower(), script.name
+
+
+def test_transport_benchmark_moves_units_both_ways():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transport.py"),
+                             "--workers", "1", "--messages", "5", "--repeats", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for unit in ("clip", "frames"):
+        for transport in ("shared memory", "pickled pipe"):
+            assert any(line.startswith(unit) and transport in line and "MB/s" in line
+                       for line in result.stdout.splitlines()), result.stdout
