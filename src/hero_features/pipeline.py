@@ -34,7 +34,7 @@ from .workers import DecodePool, inline_messages
 
 
 MAX_WAITING_VIDEOS = 32  # decoded videos whose outputs wait for a batch to fill
-SPARE_BUFFER_SHAPES = 4  # (model, unit shape) pairs whose batch buffers are kept for reuse
+SPARE_SHAPES_PER_MODEL = 4  # unit shapes per model whose batch buffers are kept for reuse
 # --precision: fp32 is the reference's (CLIP still runs in fp16 on CUDA, as the reference
 # did); fp16 / bf16 run every model under autocast, trading parity for speed (see
 # docs/benchmarks.md for what each keeps).
@@ -165,8 +165,11 @@ class Extractor:
     def _give_back(self, key: tuple, buffer: torch.Tensor) -> None:
         self._spare.setdefault(key, []).append(buffer)
         self._spare.move_to_end(key)
-        while len(self._spare) > SPARE_BUFFER_SHAPES:  # rare frame sizes are not hoarded
-            self._spare.popitem(last=False)
+        # Per model, so resnet's many frame sizes never evict a clip model's one big buffer;
+        # the least recently used sizes go first.
+        shapes = [k for k in self._spare if k[0] == key[0]]
+        for old in shapes[:-SPARE_SHAPES_PER_MODEL]:
+            del self._spare[old]
 
     def _flush(self) -> None:
         for key in list(self._open):
