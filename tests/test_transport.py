@@ -120,3 +120,41 @@ def test_too_little_room_in_dev_shm_is_reported_not_crashed_into(tmp_path):
     reason = shm_room(10 ** 9, str(tmp_path))  # more arenas than any disk holds
     assert reason is not None and "MiB free" in reason and "wanted" in reason
     assert "unavailable" in shm_room(1, str(tmp_path / "missing"))
+
+
+def test_a_full_dev_shm_at_start_means_pipes_and_a_note_not_a_crash(monkeypatch):
+    import errno
+
+    import hero_features.transport as transport
+
+    created = []
+    real = transport.shared_memory.SharedMemory
+
+    def tracking(*args, **kwargs):
+        segment = real(*args, **kwargs)
+        created.append(segment.name.lstrip("/"))
+        return segment
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transport.shared_memory, "SharedMemory", tracking)
+    monkeypatch.setattr(transport.os, "posix_fallocate", full)
+    pool = DecodePool(2, FRAMES, SETTINGS, produce_fn=numbered_units)
+    assert pool.arenas == [] and "No space left" in pool.transport_note
+    assert created and not set(created) & _shm_files()  # the half-made arena is gone
+    units = [m[3] for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    assert [int(u[0, 0, 0, 0]) for u in units] == list(range(MANY))
+
+
+def test_an_arena_is_reserved_up_front():
+    from hero_features.transport import Arena, arena_bytes
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    arena = Arena()
+    try:
+        stat = os.stat(os.path.join("/dev/shm", arena.name.lstrip("/")))
+        assert stat.st_blocks * 512 >= arena_bytes()  # pages allocated, not a sparse file
+    finally:
+        arena.close()

@@ -42,9 +42,7 @@ def arena_bytes() -> int:
 def shm_room(workers: int, path: str = "/dev/shm") -> Optional[str]:
     """None when /dev/shm can hold every worker's arena with room to spare, else why not.
 
-    Pages of a POSIX shared memory segment are only allocated when touched, so a too-small
-    /dev/shm would show up as SIGBUS in the middle of a run; checking up front turns that into
-    the pipe transport instead.
+    Leaves room for others; `Arena` then reserves its pages, which catches the rest.
     """
     need = workers * arena_bytes()
     try:
@@ -57,12 +55,31 @@ def shm_room(workers: int, path: str = "/dev/shm") -> Optional[str]:
     return None
 
 
+def _reserve(name: str, size: int) -> None:
+    """Allocate a segment's pages now: on a full /dev/shm this is ENOSPC here, where it would
+    otherwise be a SIGBUS at the first write that needs a new page, mid-run."""
+    try:
+        fd = os.open(os.path.join("/dev/shm", name.lstrip("/")), os.O_RDWR)
+    except FileNotFoundError:  # not Linux's tmpfs layout: nothing to reserve through
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
 class Arena:
-    """The main process's side of one worker's arena."""
+    """The main process's side of one worker's arena. Raises OSError when /dev/shm cannot
+    hold it."""
 
     def __init__(self) -> None:
         self.shm = shared_memory.SharedMemory(create=True, size=arena_bytes())
         self.name = self.shm.name
+        try:
+            _reserve(self.name, arena_bytes())
+        except OSError:
+            self.close()
+            raise
 
     def view(self, ref: SlotRef) -> np.ndarray:
         """The array in place: valid until its slot is handed back."""

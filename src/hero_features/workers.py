@@ -114,8 +114,16 @@ class DecodePool:
         self.transport_note = shm_room(workers) if shared_memory else None
         # One arena per worker place, kept when its worker is replaced: a killed worker
         # writes nothing more, so its successor can start with every slot free.
-        use_shm = shared_memory and self.transport_note is None
-        self.arenas = [Arena() for _ in range(workers)] if use_shm else []
+        self.arenas: list[Arena] = []
+        if shared_memory and self.transport_note is None:
+            try:
+                for _ in range(workers):
+                    self.arenas.append(Arena())
+            except OSError as exc:  # e.g. /dev/shm filled up since shm_room looked
+                for arena in self.arenas:
+                    arena.close()
+                self.arenas = []
+                self.transport_note = f"cannot reserve shared memory: {exc.strerror or exc}"
         self.slots = [self._start(i) for i in range(workers)]
         self.replaced = 0
 
