@@ -6,6 +6,7 @@ precision's rows with the fp32 rows of the same run, with the centring mean take
 fp32 rows of that model (as tools/compare.py does against goldens).
 
     python benchmarks/precision.py --weights_dir DIR [--device cuda] [--models resnet,slowfast]
+        [--videos DIR]   # e.g. a few short videos: CPU fp16 3-D convolutions take ~50 s a clip
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ALL = "slowfast,mil-nce,resnet,clip-vit,clip-rn50x4"
 
 def extract(out: Path, precision: str, args) -> None:
     subprocess.run([sys.executable, "-m", "hero_features", "extract", "--model", args.models,
-                    "--video_path", str(VIDEOS), "--output_dir", str(out), "--clip_len", "3/2",
+                    "--video_path", str(args.videos), "--output_dir", str(out), "--clip_len", "3/2",
                     "--device", args.device, "--weights_dir", str(args.weights_dir),
                     "--precision", precision, "--no_progress", "--batch_size", "16"],
                    check=True)
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default=ALL)
     parser.add_argument("--precisions", default="fp16,bf16")
+    parser.add_argument("--videos", type=Path, default=VIDEOS,
+                        help="folder of videos (default: the sample videos)")
     args = parser.parse_args()
     print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"device {args.device}")

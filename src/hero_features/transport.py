@@ -42,7 +42,8 @@ def arena_bytes() -> int:
 def shm_room(workers: int, path: str = "/dev/shm") -> Optional[str]:
     """None when /dev/shm can hold every worker's arena with room to spare, else why not.
 
-    Leaves room for others; `Arena` then reserves its pages, which catches the rest.
+    Asks for twice the arenas' size, so other users of /dev/shm keep room; `Arena` then
+    reserves its pages, which catches a /dev/shm that fills up in between.
     """
     need = workers * arena_bytes()
     try:
