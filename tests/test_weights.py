@@ -357,7 +357,7 @@ def test_listing_is_capped():
 
 
 def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys):
-    """Two processes starting together (one per GPU) must not both append to one .part."""
+    """Two runs starting together on one cache must not both append to one .part."""
     import fcntl
 
     ckpt = _ckpt(server)

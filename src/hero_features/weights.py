@@ -117,10 +117,10 @@ def download_checkpoint(ckpt: Checkpoint, target_dir: Path,
 
 @contextlib.contextmanager
 def _download_lock(path: Path, name: str):
-    """One downloader per file: the per-device processes of `--gpus` (and Ray actors sharing
-    a host) start together and would otherwise append to the same .part. The lock file is
-    left in place: removing it would let a third process lock a new file while a second one
-    still waits on the old."""
+    """One downloader per file: runs that share a download folder (array-job shards on one
+    node, several users of one cache) start together and would otherwise append to the same
+    .part. The lock file is left in place: removing it would let a third process lock a new
+    file while a second one still waits on the old."""
     try:
         handle = open(path, "a+b")
     except OSError as exc:
