@@ -201,7 +201,10 @@ class Extractor:
                     rows = features
             except Exception as exc:  # e.g. CUDA out of memory: lose these videos, not the run
                 if cuda:
-                    torch.cuda.synchronize(self.device)  # the buffer may still be uploading
+                    # The buffer may still be uploading; wait before it is reused. After a
+                    # fatal (sticky) CUDA error this raises again, and the run stops with it
+                    # rather than feeding more batches to a dead device.
+                    torch.cuda.synchronize(self.device)
                 for video_id in {v for v, _, _ in batch.segments}:
                     self._fail(video_id, "model", f"{model}: {type(exc).__name__}: {exc}")
                 rows = None
