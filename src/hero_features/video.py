@@ -10,14 +10,18 @@ from __future__ import annotations
 import errno
 import math
 import os
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Generator, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import av
 import av.error
 import av.filter
+from av.stream import Discard
 import numpy as np
+
+from .timeline import FpsSelector, InputClock, OutputSync, parse_rate, stream_facts
 
 
 class VideoError(Exception):
@@ -113,20 +117,43 @@ def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, s
     return chain
 
 
-def rotation_filters(display_rotation: float) -> list[tuple[str, str]]:
-    """The filters the ffmpeg CLI's autorotate inserts before the graph, for a display matrix
-    whose counter-clockwise rotation is `display_rotation` degrees (PyAV's getattr(frame, "rotation", 0) or 0)."""
-    theta = -round(display_rotation)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # the CLI's get_rotation()
+def display_matrix(frame) -> Optional[tuple[int, ...]]:
+    """The frame's display matrix (9 fixed-point int32s), None when it has none."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX" and len(bytes(data)) == 36:
+            return struct.unpack("=9i", bytes(data))
+    return None
+
+
+def _display_rotation(matrix: Sequence[int]) -> float:
+    """libavutil's av_display_rotation_get: counter-clockwise degrees, NaN when degenerate."""
+    m = [value / 65536.0 for value in matrix]
+    scale = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale[0] == 0.0 or scale[1] == 0.0:
+        return math.nan
+    return -math.atan2(m[1] / scale[1], m[0] / scale[0]) * 180 / math.pi
+
+
+def rotation_filters(matrix: Optional[Sequence[int]]) -> list[tuple[str, str]]:
+    """The filters the ffmpeg CLI's autorotate puts before the graph for a display matrix
+    (FFmpeg 5.1's rules, mirrored matrices included)."""
+    if matrix is None:
+        return []
+    angle = _display_rotation(matrix)
+    if math.isnan(angle):
+        return []
+    theta = -float(math.copysign(math.floor(abs(angle) + 0.5), angle))  # C round()
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     if abs(theta - 90) < 1:
-        return [("transpose", "clock")]
+        return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
     if abs(theta - 180) < 1:
-        return [("hflip", ""), ("vflip", "")]
+        return ([("hflip", "")] if matrix[0] < 0 else []) + \
+               ([("vflip", "")] if matrix[4] < 0 else [])
     if abs(theta - 270) < 1:
-        return [("transpose", "cclock")]
+        return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
     if abs(theta) > 1:
-        return [("rotate", f"{theta}*PI/180")]
-    return []
+        return [("rotate", f"{theta:f}*PI/180")]
+    return [("vflip", "")] if matrix[4] < 0 else []
 
 
 def _guarded_opener(path: str, refused: list, alias: str):
@@ -281,89 +308,103 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return probe_container(container, os.fspath(path))
 
 
-def _upsamples(spec: DecodeSpec, source_rate) -> bool:
-    """True when the fps filter keeps (or duplicates) every source frame."""
-    try:
-        return bool(source_rate) and Fraction(spec.fps) >= Fraction(source_rate)
-    except (ValueError, ZeroDivisionError):
-        return False
+class _Scaler:
+    """A filter graph doing the pixel work of the reference's command for frames of one
+    size and format: `chain` after a buffer source, ending in rgb24."""
+
+    def __init__(self, frame, time_base: Fraction, chain: list[tuple[str, str]]):
+        self.graph = av.filter.Graph()  # owns the filter contexts: keep it alive
+        node = self.source = self.graph.add_buffer(width=frame.width, height=frame.height,
+                                                   format=frame.format, time_base=time_base)
+        for name, args in chain + [("format", "pix_fmts=rgb24")]:
+            nxt = self.graph.add(name, args) if args else self.graph.add(name)
+            node.link_to(nxt)
+            node = nxt
+        self.sink = self.graph.add("buffersink")
+        node.link_to(self.sink)
+        self.graph.configure()
+
+    def __call__(self, frame) -> np.ndarray:
+        self.source.push(frame)
+        return self.sink.pull().to_ndarray(format="rgb24")
 
 
-def _branch_plan(specs: Sequence[DecodeSpec], source_rate) -> list[tuple[Optional[int], list[int]]]:
-    """Which branches share one scaler: [(size or None, spec indices)].
+class _Picture:
+    """A decoded frame and its scaled versions, made once however many outputs use it.
 
-    Scaling commutes with the fps filter (it only drops or repeats whole frames), so the
-    pixels are the same in either order; only the work differs. Where some branch keeps
-    every source frame (30 fps from a 25 fps video), every frame gets scaled anyway, so all
-    branches of that size scale once and only then pick their frames. Other branches drop
-    frames first (fps -> scale), as the reference's graph does.
+    `graph`: how many times the CLI had rebuilt its filter graph when this frame arrived.
     """
-    shared: dict[int, list[int]] = {}
-    for index, spec in enumerate(specs):
-        if _upsamples(spec, source_rate):
-            shared.setdefault(spec.size, [])
-    plan: list[tuple[Optional[int], list[int]]] = []
-    for index, spec in enumerate(specs):
-        if spec.size in shared:
-            shared[spec.size].append(index)
-        else:
-            plan.append((None, [index]))
-    return [(size, members) for size, members in shared.items()] + plan
+
+    __slots__ = ("frame", "matrix", "graph", "scaled")
+
+    def __init__(self, frame, graph: int):
+        self.frame = frame
+        self.matrix = display_matrix(frame)
+        self.graph = graph
+        self.scaled: dict[tuple, np.ndarray] = {}
+
+    def shape_key(self) -> tuple:
+        frame = self.frame
+        return frame.width, frame.height, frame.format.name, self.matrix
 
 
-def _link_chain(graph, node, out_pad: int, chain):
-    for name, args in chain:
-        nxt = graph.add(name, args)
-        node.link_to(nxt, out_pad, 0)
-        node, out_pad = nxt, 0
-    return node
+class _Branch:
+    """One decode spec: the fps filter and the CLI's output sync, then the picture size."""
+
+    def __init__(self, spec: DecodeSpec, info: VideoInfo, time_base: Fraction):
+        self.spec = spec
+        self.dims = output_dims(info.width, info.height, spec.size)
+        self.fps = FpsSelector(parse_rate(spec.fps), time_base)
+        self.sync = OutputSync()
+
+    def push(self, picture: _Picture, time: Optional[int]) -> list[_Picture]:
+        return [out for held, k in self.fps.push(picture, time)
+                for out in self.sync.push(held, k)]
+
+    def finish(self, end_time: Optional[int]) -> list[_Picture]:
+        out = [copy for held, k in self.fps.finish(end_time) for copy in self.sync.push(held, k)]
+        return out + self.sync.finish()
 
 
-def _fan_out(graph, node, count: int):
-    """(node, output pad) pairs: the node itself, or a split of it into `count`."""
-    if count == 1:
-        return [(node, 0)]
-    splitter = graph.add("split", str(count))
-    node.link_to(splitter)
-    return [(splitter, i) for i in range(count)]
+class _Renderer:
+    """The RGB array of a picture as one branch's output shows it.
 
+    In the CLI's first filter graph, `scale` converts to rgb24 itself, so one scaled frame
+    serves every branch of that size and the crop is a slice (byte-identical to the crop
+    filter). A graph the CLI rebuilt (the frames changed size, format or rotation) also
+    gets the CLI's "autoscale" back to the first graph's output size, with the CLI's
+    default bicubic flags; that filter then does the RGB conversion, so its pixels differ
+    and are made per branch.
+    """
 
-def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec], rotation: float):
-    graph = av.filter.Graph()
-    source = graph.add_buffer(template=stream)
-    tail = source
-    for name, args in rotation_filters(rotation):
-        node = graph.add(name, args) if args else graph.add(name)
-        tail.link_to(node)
-        tail = node
-    sinks: list = [None] * len(specs)
-    plan = _branch_plan(specs, stream.average_rate)
-    for (size, members), (node, pad) in zip(plan, _fan_out(graph, tail, len(plan))):
-        if size is not None:  # one scaler for every branch of this size
-            chain = filter_chain(specs[members[0]], info.width, info.height)
-            node = _link_chain(graph, node, pad, [c for c in chain if c[0] == "scale"])
-            pad = 0
-        outs = _fan_out(graph, node, len(members)) if size is not None else [(node, pad)]
-        for index, (branch, branch_pad) in zip(members, outs):
-            chain = filter_chain(specs[index], info.width, info.height)
-            if size is not None:
-                chain = [c for c in chain if c[0] != "scale"]
-            sink = graph.add("buffersink")
-            _link_chain(graph, branch, branch_pad, chain).link_to(sink)
-            sinks[index] = sink
-    graph.configure()
-    # The caller must keep `graph` alive: its filter contexts are freed with it.
-    return graph, source, sinks
+    def __init__(self, time_base: Fraction):
+        self.time_base = time_base
+        self.scalers: dict[tuple, _Scaler] = {}
 
-
-def _drain(sinks, out: list) -> None:
-    for index, sink in enumerate(sinks):
-        while True:
-            try:
-                frame = sink.pull()
-            except (BlockingIOError, av.error.EOFError):
-                break
-            out.append((index, frame.to_ndarray(format="rgb24")))
+    def __call__(self, picture: _Picture, branch: _Branch) -> np.ndarray:
+        spec, (width, height) = branch.spec, branch.dims
+        rebuilt = picture.graph > 0
+        key = (width, height) + ((spec.crop, spec.size) if rebuilt else ())
+        rgb = picture.scaled.get(key)
+        if rgb is None:
+            chain = rotation_filters(picture.matrix) + [
+                ("scale", f"{width}:{height}:flags=bilinear")]
+            if rebuilt:
+                out_w, out_h = (spec.size, spec.size) if spec.crop else (width, height)
+                if spec.crop:
+                    x, y = crop_offset(width, height, spec.size)
+                    chain.append(("crop", f"{spec.size}:{spec.size}:{x}:{y}"))
+                chain.append(("scale", f"{out_w}:{out_h}:flags=bicubic"))
+            scaler_key = picture.shape_key() + key
+            scaler = self.scalers.get(scaler_key)
+            if scaler is None:
+                scaler = self.scalers[scaler_key] = _Scaler(picture.frame, self.time_base, chain)
+            rgb = picture.scaled[key] = scaler(picture.frame)
+            rgb.flags.writeable = False  # shared by every output that repeats this frame
+        if spec.crop and not rebuilt:
+            x, y = crop_offset(width, height, spec.size)
+            rgb = rgb[y:y + spec.size, x:x + spec.size]
+        return rgb
 
 
 @dataclass
@@ -440,87 +481,131 @@ def assess(report: DecodeReport) -> Optional[tuple[str, str]]:
     return None
 
 
-def _decoded_frames(container, stream, report: DecodeReport):
-    """Frames of `stream`, skipping packets the decoder rejects and stopping (with the
-    decoder flushed) at a read error, as the ffmpeg CLI does."""
+def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
+                  on_frame: Optional[Callable[[], None]]):
+    """Decoded frames with the time the CLI's filter graph gives them (stream time base);
+    returns the end-of-stream time. Packets the decoder rejects are skipped and a read error
+    ends the stream (decoder flushed), as the ffmpeg CLI does."""
+    codec = stream.codec_context
     packets = container.demux(stream)
     while True:
         try:
             packet = next(packets)
         except StopIteration:
-            return
+            break
         except av.error.EOFError:
             break
         except av.error.FFmpegError as exc:
             report.read_error = f"read error: {_reason(exc)}"
             break
-        if packet.size:
-            report.packets += 1
+        if not packet.size and packet.pts is None and packet.dts is None:
+            continue  # PyAV's end-of-stream marker: the flush below does its job
+        stamps = clock.packet(packet.pts, packet.dts, packet.duration or 0)
+        packet.pts, packet.dts = stamps.pts, stamps.dts
+        if not packet.size:  # an empty packet the demuxer sent: timestamps only
+            clock.frames([])
+            continue
+        report.packets += 1
         try:
-            frames = packet.decode()  # an empty packet flushes the decoder
+            frames = codec.decode(packet)
         except av.error.FFmpegError as exc:
             report.rejected += 1
             report.first_error = report.first_error or _reason(exc)
+            clock.rejected()
             continue
-        yield from frames
-    try:  # the demuxer stopped before its final flush packet
-        yield from stream.codec_context.decode(None)
+        times = clock.frames([(f.pts, f.dts, f.duration) for f in frames])
+        for frame, time in zip(frames, times):
+            if on_frame is not None:
+                on_frame()
+            yield frame, time
+    try:
+        frames = codec.decode(None)
     except av.error.FFmpegError:
-        pass
+        frames = []
+    for frame in frames:
+        time = clock.drained(frame.pts, frame.dts, frame.duration)
+        if on_frame is not None:
+            on_frame()
+        yield frame, time
+    return clock.end()
+
+
+def _account(report: DecodeReport, frame, time: Optional[int], time_base: float,
+             default_step: float, first: list) -> None:
+    report.frames += 1
+    report.concealed += bool(frame.is_corrupt)
+    if time is not None:
+        at = time * time_base
+        if not first:
+            first.append(at)
+        end = at + (frame.duration * time_base if frame.duration else default_step)
+        report.end = max(report.end or 0.0, end - first[0])
 
 
 Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the report
 
 
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0) -> Frames:
+           threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
         return (yield from decode_container(container, specs,
-                                            info or probe_container(container, path), threads))
+                                            info or probe_container(container, path), threads,
+                                            on_frame))
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0) -> Frames:
-    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs;
-    return a DecodeReport (`report = yield from decode_container(...)`).
+                     threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
+    """Yield (branch index, HxWx3 uint8 RGB frame): per branch, exactly the frames the
+    reference's ffmpeg command wrote for that spec, in order; return a DecodeReport
+    (`report = yield from decode_container(...)`).
 
-    Frames of one branch come in time order. Raises VideoError when the graph fails.
+    The compressed stream is decoded once for every branch; a source frame is scaled once
+    per output size however many outputs repeat it. `on_frame` is called once per decoded
+    frame (a progress heartbeat). The arrays are read-only views: several outputs can share
+    one. Raises VideoError when the pixel conversion fails.
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = Discard.all  # what the CLI does with the streams it does not map
     report = DecodeReport(declared=declared_duration(container, stream))
+    time_base = Fraction(stream.time_base)
     rate = stream.average_rate
     default_step = 1 / float(rate) if rate else 0.0
-    time_base = float(stream.time_base) if stream.time_base else 0.0
-    start = stream.start_time * time_base if stream.start_time is not None else None
-    graph = source = sinks = None
-    ready: list = []
+    branches = [_Branch(spec, info, time_base) for spec in specs]
+    render = _Renderer(time_base)
+    clock = InputClock(stream_facts(container, stream))
+    first: list = []
+    shape = None
+    rebuilds = 0
     try:
-        for frame in _decoded_frames(container, stream, report):
-            report.frames += 1
-            report.concealed += bool(frame.is_corrupt)
-            if frame.pts is not None:
-                at = frame.pts * time_base
-                start = at if start is None else start
-                end = at + (frame.duration * time_base if frame.duration else default_step)
-                report.end = max(report.end or 0.0, end - start)
-            if graph is None:
-                # The display matrix reaches us on the frames, so the graph (which needs
-                # the rotation) is built when the first frame arrives.
-                graph, source, sinks = _build_graph(stream, info, specs,
-                                                    getattr(frame, "rotation", 0) or 0)
-            source.push(frame)
-            _drain(sinks, ready)
-            yield from ready
-            ready.clear()
-        if graph is None:
-            return report
-        source.push(None)
-        _drain(sinks, ready)
-        yield from ready
+        timed = _timed_frames(container, stream, clock, report, on_frame)
+        while True:
+            try:
+                frame, time = next(timed)
+            except StopIteration as stop:
+                end_time = stop.value
+                break
+            _account(report, frame, time, float(time_base), default_step, first)
+            picture = _Picture(frame, rebuilds)
+            if shape is not None and picture.shape_key() != shape:
+                # The CLI rebuilds its filter graph when the frames change size, format or
+                # rotation: a fresh fps filter, and the frame the old one held is lost.
+                for branch in branches:
+                    branch.fps.reset()
+                picture.graph = rebuilds = rebuilds + 1
+            shape = picture.shape_key()
+            for index, branch in enumerate(branches):
+                for out in branch.push(picture, time):
+                    yield index, render(out, branch)
+        if report.frames:
+            for index, branch in enumerate(branches):
+                for out in branch.finish(end_time):
+                    yield index, render(out, branch)
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
     return report
