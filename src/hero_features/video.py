@@ -411,8 +411,9 @@ class _Renderer:
 class DecodeReport:
     """How cleanly a stream decoded; filled in by decode_container and judged by assess()."""
 
-    declared: Optional[float] = None  # seconds the container header says the stream lasts
-    end: Optional[float] = None  # seconds from the stream start to the end of the last frame
+    # Both on the reference's timeline (seconds from the file's start, see timeline.py):
+    declared: Optional[float] = None  # where the container's header says the stream ends
+    end: Optional[float] = None  # where the last decoded frame ends
     packets: int = 0  # non-empty packets read
     rejected: int = 0  # packets the decoder refused (skipped, as the ffmpeg CLI does)
     concealed: int = 0  # frames the decoder flagged corrupt (error concealment)
@@ -429,18 +430,22 @@ def _parse_hms(text: str) -> Optional[float]:
         return None
 
 
-def declared_duration(container, stream) -> Optional[float]:
-    """Seconds the file's header promises for the video stream, None when it promises nothing
-    trustworthy (durations FFmpeg estimates from timestamps or the bitrate do not count)."""
-    if container.format.name.split(",")[0] not in _HEADER_DURATION_FORMATS:
+def declared_end(container, stream) -> Optional[float]:
+    """Where the file's header says the video stream ends, in seconds of the container's
+    own timeline; None when it promises nothing trustworthy (durations FFmpeg estimates
+    from timestamps or the bitrate do not count)."""
+    demuxer = container.format.name.split(",")[0]
+    if demuxer not in _HEADER_DURATION_FORMATS:
         return None
-    if stream.duration and stream.duration > 0:
-        return float(stream.duration * stream.time_base)
-    tagged = _parse_hms(stream.metadata.get("DURATION", ""))  # Matroska's per-stream tag
+    if stream.duration and stream.duration > 0:  # a track duration, from the track's start
+        return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    # Matroska's per-track DURATION tag and its segment duration are end times already.
+    tagged = _parse_hms(stream.metadata.get("DURATION", ""))
     if tagged:
         return tagged
-    if len(container.streams) == 1 and container.duration and container.duration > 0:
-        return container.duration / 1e6  # the segment duration is this stream's own
+    if demuxer == "matroska" and len(container.streams) == 1 and container.duration \
+            and container.duration > 0:
+        return container.duration / 1e6
     return None
 
 
@@ -531,15 +536,12 @@ def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
 
 
 def _account(report: DecodeReport, frame, time: Optional[int], time_base: float,
-             default_step: float, first: list) -> None:
+             default_step: float) -> None:
     report.frames += 1
     report.concealed += bool(frame.is_corrupt)
     if time is not None:
-        at = time * time_base
-        if not first:
-            first.append(at)
-        end = at + (frame.duration * time_base if frame.duration else default_step)
-        report.end = max(report.end or 0.0, end - first[0])
+        step = frame.duration * time_base if frame.duration else default_step
+        report.end = max(report.end or 0.0, time * time_base + step)
 
 
 Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the report
@@ -572,14 +574,17 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     for other in container.streams:
         if other.index != stream.index:
             other.discard = Discard.all  # what the CLI does with the streams it does not map
-    report = DecodeReport(declared=declared_duration(container, stream))
+    facts = stream_facts(container, stream)
+    report = DecodeReport()
+    declared = declared_end(container, stream)
+    if declared is not None:
+        report.declared = declared - (facts.file_start or 0) / 1e6
     time_base = Fraction(stream.time_base)
     rate = stream.average_rate
     default_step = 1 / float(rate) if rate else 0.0
     branches = [_Branch(spec, info, time_base) for spec in specs]
     render = _Renderer(time_base)
-    clock = InputClock(stream_facts(container, stream))
-    first: list = []
+    clock = InputClock(facts)
     shape = None
     rebuilds = 0
     try:
@@ -590,7 +595,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
             except StopIteration as stop:
                 end_time = stop.value
                 break
-            _account(report, frame, time, float(time_base), default_step, first)
+            _account(report, frame, time, float(time_base), default_step)
             picture = _Picture(frame, rebuilds)
             if shape is not None and picture.shape_key() != shape:
                 # The CLI rebuilds its filter graph when the frames change size, format or

@@ -1,0 +1,166 @@
+"""Real-world timelines against the ffmpeg CLI, byte for byte (the reference ran the CLI).
+
+Every file of tests/timeline_corpus.py, every decode spec the five pipelines use: the frames
+we decode in process must be the bytes `ffmpeg -filter_complex "fps=F,scale=W:H:
+flags=bilinear[,crop]" -pix_fmt rgb24 -f rawvideo` writes; the probe must give ffprobe's
+numbers; and every pipeline must give the row count the reference's arithmetic gives on the
+CLI's output and ffprobe's numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from hero_features.models import get_spec
+from hero_features.pipeline import make_groups
+from hero_features.producer import Settings, produce
+from hero_features.video import DecodeSpec, decode, filter_chain, probe
+from helpers import extract, failures, load
+from timeline_corpus import CASES, build
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+                                reason="the ffmpeg/ffprobe CLI (Debian's package) makes the "
+                                       "corpus and is the oracle")
+
+THIRD = str(1 / 1.5)  # the reference passed str(1 / clip_len): "0.6666666666666666"
+SPECS = {
+    "resnet clip_len 2": DecodeSpec("0.5", 224, False),
+    "resnet clip_len 1.5": DecodeSpec(THIRD, 224, False),
+    "clip-vit clip_len 1.5": DecodeSpec(THIRD, 224, True),
+    "clip-rn50x4 clip_len 1.5": DecodeSpec(THIRD, 288, True),
+    "slowfast / mil-nce (30 fps)": DecodeSpec("30", 224, True),
+    "short-video rule (2 fps)": DecodeSpec("2.0", 224, False),
+}
+NAMES = [case.name for case in CASES]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("timeline_corpus"))
+
+
+def cli_frames(path: Path, spec: DecodeSpec, width: int, height: int) -> list[bytes]:
+    """The frames the reference's command writes (plus flags=bilinear, the 2020 default)."""
+    parts, label = [], "[0]"
+    for i, (name, args) in enumerate(filter_chain(spec, width, height)[:-1]):
+        parts.append(f"{label}{name}={args}[s{i}]")
+        label = f"[s{i}]"
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-filter_complex",
+                          ";".join(parts), "-map", label, "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "pipe:"], capture_output=True, check=True).stdout
+    out_w, out_h = (spec.size, spec.size) if spec.crop else _dims(spec, width, height)
+    size = out_w * out_h * 3
+    assert len(raw) % size == 0
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
+
+
+def _dims(spec, width, height):
+    from hero_features.video import output_dims
+    return output_dims(width, height, spec.size)
+
+
+_CLI_CACHE: dict = {}
+
+
+def cli_cached(path: Path, spec: DecodeSpec) -> list[bytes]:
+    key = (str(path), spec)
+    if key not in _CLI_CACHE:
+        info = probe(path)
+        _CLI_CACHE[key] = cli_frames(path, spec, info.width, info.height)
+    return _CLI_CACHE[key]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frames_byte_identical_to_the_cli(corpus, name):
+    path = corpus[name]
+    info = probe(path)
+    specs = list(SPECS.values())
+    ours: dict[int, list[bytes]] = {i: [] for i in range(len(specs))}
+    for branch, frame in decode(path, specs, info):  # one decode for every spec
+        ours[branch].append(frame.tobytes())
+    for i, (what, spec) in enumerate(SPECS.items()):
+        theirs = cli_cached(path, spec)
+        differing = [k for k, (a, b) in enumerate(zip(ours[i], theirs)) if a != b]
+        assert (len(ours[i]), differing[:5]) == (len(theirs), []), \
+            f"{name}, {what}: {len(ours[i])} frames vs the CLI's {len(theirs)}"
+
+
+def ffprobe_numbers(path: Path) -> tuple:
+    """What the reference's probe took from ffprobe (REFERENCE 1.2): stored size,
+    floor(avg_frame_rate), and the stream's duration and frame count only when it has both."""
+    out = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json",
+                                     str(path)], capture_output=True, check=True,
+                                    text=True).stdout)
+    stream = next(s for s in out["streams"] if s["codec_type"] == "video")
+    fps = math.floor(Fraction(stream["avg_frame_rate"]))
+    try:
+        nb_frames, duration = int(stream["nb_frames"]), float(stream["duration"])
+    except (KeyError, ValueError):
+        nb_frames = duration = None
+    return stream["width"], stream["height"], fps, duration, nb_frames
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_probe_gives_ffprobes_numbers(corpus, name):
+    info = probe(corpus[name])
+    assert (info.width, info.height, info.fps, info.duration, info.nb_frames) == \
+        ffprobe_numbers(corpus[name])
+
+
+def reference_rows(path: Path, model: str, clip_len: Fraction) -> int:
+    """Rows the reference writes, from the CLI's frame count and ffprobe's numbers alone."""
+    width, height, _, duration, _ = ffprobe_numbers(path)
+    spec = get_spec(model)
+    seconds = float(clip_len)
+    if spec.unit == "frame":
+        rate = 1 / seconds
+        if duration is not None and 0 < duration < seconds + 0.1:  # short-video rule
+            rate = 2 / max(int(duration), 1)
+        return len(cli_frames(path, DecodeSpec(str(rate), spec.size, spec.crop), width,
+                              height))
+    frames = len(cli_cached(path, SPECS["slowfast / mil-nce (30 fps)"]))
+    chunks = -(-frames // 30)  # pad to whole seconds of 30 frames
+    p = clip_len.numerator
+    chunks = -(-chunks // p) * p  # pad to a multiple of the numerator's seconds
+    clips = chunks * 30 // (30 * p // clip_len.denominator)
+    if duration is not None and duration > 0:  # duration trim
+        clips = min(clips, math.ceil(duration / seconds))
+    return clips
+
+
+MODELS = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
+
+
+@pytest.mark.parametrize("clip_len", [Fraction(3, 2), Fraction(2)], ids=["1.5", "2"])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_pipeline_gives_the_reference_row_count(corpus, name, clip_len):
+    groups = make_groups([get_spec(m) for m in MODELS])
+    counts = [0] * len(groups)
+    for message in produce(0, str(corpus[name]), groups, Settings(clip_len)):
+        assert message[0] != "error", message
+        if message[0] == "units":
+            counts[message[2]] += len(message[3])
+    for group, count in zip(groups, counts):
+        for model in group.models:
+            assert count == reference_rows(corpus[name], model, clip_len), (model, name)
+
+
+def test_mpegts_rows_through_the_cli(corpus, tmp_path, synthetic_checkpoints):
+    """The issue's cases: a 3 s .ts gave 1 row instead of 2, a 1.5 s .ts failed as too short
+    although the CLI gives it a frame."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("ts_h264.ts", "short.ts"):
+        shutil.copy(corpus[name], videos / name)
+    out = tmp_path / "out"
+    status = extract("--model", "resnet", "--video_path", videos, "--output_dir", out,
+                     "--num_decoding_thread", "1", weights=synthetic_checkpoints)
+    assert status == 0 and failures(out) == []
+    assert load(out / "resnet_features" / "ts_h264.npz").shape == (2, 2048)
+    assert load(out / "resnet_features" / "short.npz").shape == (1, 2048)
