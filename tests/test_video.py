@@ -149,15 +149,21 @@ def test_a_playlist_cannot_make_ffmpeg_read_another_file(tmp_path):
         list(decode(concat, [DecodeSpec("30", 224, True)]))
 
 
-def test_branch_plan_scales_once_before_an_upsampling_fps():
-    from hero_features.video import _branch_plan
+def test_each_source_frame_is_scaled_once_per_output_size(tmp_path, monkeypatch):
+    """Branches of one size share the scaled frame (crop is a slice of it), and a frame the
+    30 fps branch repeats is not scaled again."""
+    import hero_features.video as video
 
+    calls = []
+    real = video._Scaler.__call__
+    monkeypatch.setattr(video._Scaler, "__call__",
+                        lambda self, frame: calls.append(frame.pts) or real(self, frame))
+    path = write_video(tmp_path / "v.mp4", 50, fps=25, width=320, height=240)
     specs = [DecodeSpec("30", 224, True), DecodeSpec("0.5", 224, False),
-             DecodeSpec("0.5", 288, True)]
-    # 25 fps source: the 30 fps branch keeps every frame, so the 224 branches share a scaler
-    assert _branch_plan(specs, Fraction(25)) == [(224, [0, 1]), (None, [2])]
-    # 60 fps source: every branch drops frames first, as the reference's graph does
-    assert _branch_plan(specs, Fraction(60)) == [(None, [0]), (None, [1]), (None, [2])]
+             DecodeSpec("2.0", 288, True)]
+    outputs = [branch for branch, _ in decode(path, specs)]
+    assert [outputs.count(i) for i in range(3)] == [60, 1, 4]
+    assert len(calls) == 50 + 4  # every frame once at 224, the 2 fps picks once at 288
 
 
 @needs_ffmpeg
