@@ -4,7 +4,7 @@
 Ours: `hero_features.producer.produce` (PyAV, one filter graph per video, frames streamed
 and cut into clips as they arrive), consumed and thrown away.
 
-Reference design (REFERENCE.md 1.2-1.3, 2.3): per video *and per model*, one `ffprobe`
+Reference design (docs/fidelity.md 3): per video *and per model*, one `ffprobe`
 call and one `ffmpeg -i IN -filter_complex "[0]fps=fps=F[s0];[s0]scale=W:H[s1][;[s1]crop=S:S:X:Y[s2]]"
 -f rawvideo -pix_fmt rgb24 pipe:` subprocess whose whole stdout is captured
 (`Popen.communicate`, as ffmpeg-python's `run(capture_stdout=True, quiet=True)` does) and
@@ -51,7 +51,7 @@ from hero_features.producer import Group, Settings, produce  # noqa: E402
 from hero_features.sampling import temporal_indices  # noqa: E402
 
 MODELS = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
-# (unit, size, crop) per model, as in REFERENCE.md section 0; used when a model module
+# (unit, size, crop) per model, as in docs/fidelity.md section 1; used when a model module
 # cannot be imported (the registry is the source of truth when it can).
 FALLBACK_GEOMETRY = {
     "slowfast": ("clip", 224, True),
@@ -72,7 +72,7 @@ def geometry(model: str) -> tuple[str, int, bool]:
         from hero_features.models import get_spec
         spec = get_spec(model)
         return spec.unit, spec.size, spec.crop
-    except Exception:  # model module not importable (yet): fall back to REFERENCE.md
+    except Exception:  # model module not importable (yet): fall back to docs/fidelity.md
         return FALLBACK_GEOMETRY[model]
 
 
@@ -89,7 +89,7 @@ def make_groups(models) -> list[Group]:
 # --------------------------------------------------------------------------------------------
 
 def ffprobe(path) -> dict:
-    """The reference's probe (REFERENCE 1.2): width, height, floor fps, duration."""
+    """The reference's probe (docs/fidelity.md 3.1): width, height, floor fps, duration."""
     out = subprocess.run(["ffprobe", "-show_format", "-show_streams", "-of", "json", str(path)],
                          capture_output=True, check=True).stdout
     stream = next(s for s in json.loads(out)["streams"] if s["codec_type"] == "video")
@@ -150,7 +150,7 @@ def reference_decode(path, unit: str, size: int, crop: bool, clip_len: Fraction,
 
 def reference_clips(frames: np.ndarray, clip_len: Fraction, src_fps: int, duration: float,
                     target_fps: int = 30) -> np.ndarray:
-    """REFERENCE 2.3 on the whole array: (K, 32, H, W, 3) uint8.
+    """docs/fidelity.md 3.5 on the whole array: (K, 32, H, W, 3) uint8.
 
     Copies only where the reference must (padding, the final gather); a video that needs no
     padding is reshaped in place, which if anything favours the reference.

@@ -21,7 +21,7 @@ Sides:
   whose memory could grow with the video; the model side holds at most a batch.
 * reference: the reference design's decode of the same graph (ffprobe, then the ffmpeg CLI
   with the whole stdout captured by `Popen.communicate` as ffmpeg-python does, viewed as a
-  numpy array) and, for the clip models, the whole-array clip formation (REFERENCE.md 2.3).
+  numpy array) and, for the clip models, the whole-array clip formation (docs/fidelity.md 3.5).
   No model runs on this side. The reference holds 2x the raw output for a moment
   (communicate's chunk list + the joined bytes), so its peak is about
   2 x frames x H x W x 3 bytes; a run whose estimate is above `--ref-max-gb` is skipped

@@ -24,7 +24,7 @@ def extract(*args, weights=None) -> int:
 
 
 def compare(golden_folder: str, candidate: Path) -> dict:
-    """Run the project's copy of shared/tools/compare.py with its default thresholds."""
+    """Run tests/tools/compare.py (the reference study's comparison tool) with its defaults."""
     report = candidate.parent / f"{candidate.name}.compare.json"
     done = subprocess.run([sys.executable, str(COMPARE), str(GOLDEN / golden_folder),
                            str(candidate), "--json", str(report)], capture_output=True, text=True)

@@ -59,7 +59,7 @@ def picks(rate: str, frames: int = 250, fps: int = 25) -> list[int]:
     return out + [index for index, _ in selector.finish(frames)]
 
 
-# REFERENCE 1.3 / 4.6: measured with the ffmpeg CLI on 10 s at 25 fps.
+# docs/fidelity.md 4: the reference study measured these with the ffmpeg CLI on 10 s at 25 fps.
 def test_fps_filter_worked_examples():
     assert picks("0.5") == [24, 74, 124, 174, 224]
     assert picks(str(1 / 1.5)) == [18, 56, 93, 131, 168, 206, 243]

@@ -92,7 +92,7 @@ def test_frames_byte_identical_to_the_cli(corpus, name):
 
 
 def ffprobe_numbers(path: Path) -> tuple:
-    """What the reference's probe took from ffprobe (REFERENCE 1.2): stored size,
+    """What the reference's probe took from ffprobe (docs/fidelity.md 3.1): stored size,
     floor(avg_frame_rate), and the stream's duration and frame count only when it has both."""
     out = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json",
                                      str(path)], capture_output=True, check=True,
@@ -164,3 +164,16 @@ def test_mpegts_rows_through_the_cli(corpus, tmp_path, synthetic_checkpoints):
     assert status == 0 and failures(out) == []
     assert load(out / "resnet_features" / "ts_h264.npz").shape == (2, 2048)
     assert load(out / "resnet_features" / "short.npz").shape == (1, 2048)
+
+
+def test_what_ffmpeg_4_would_have_done_otherwise_is_a_warning(corpus):
+    """Per-frame, mirrored orientation: we follow FFmpeg 5.1 (the test oracle) and say, per
+    video, that the 2020 image's FFmpeg 4.x would have rotated otherwise."""
+    groups = make_groups([get_spec("resnet")])
+    notes = [m[2:] for m in produce(0, str(corpus["orientation_sei.mp4"]), groups,
+                                    Settings(Fraction(3, 2))) if m[0] == "warning"]
+    assert [stage for stage, _ in notes] == ["fidelity", "fidelity"]
+    assert "changes between frames" in notes[0][1] and "mirrors" in notes[1][1]
+    plain = [m for m in produce(0, str(corpus["ts_h264.ts"]), groups, Settings(Fraction(3, 2)))
+             if m[0] == "warning"]
+    assert plain == []

@@ -86,7 +86,7 @@ def test_webm_stream_has_no_duration_so_none(tmp_path):
     assert info.duration is None and info.nb_frames is None
 
 
-# REFERENCE 1.3 / 4.6: which source frames the fps filter picks, 10 s at 25 fps.
+# The reference study's worked example (docs/fidelity.md 4): which source frames the fps filter picks, 10 s at 25 fps.
 @pytest.mark.parametrize("fps,expected", [
     ("0.5", [24, 74, 124, 174, 224]),
     (str(1 / 1.5), [18, 56, 93, 131, 168, 206, 243]),

@@ -5,7 +5,7 @@ The scripts ``slowfast/extract_feature/{gather_video_paths,extract}.py``,
 reference's flags and defaults, so its README commands run unchanged; each is a few lines
 calling :func:`gather_main` or :func:`extract_main` here.
 
-Translation rules (REFERENCE.md 1.1, 2.1, 3.1, 4.1, 5.1):
+Translation rules (the reference's scripts, flag by flag):
 
 - gather: the reference's ``--video_path /video/``, ``--feature_path /output/<m>_features``,
   ``--csv_folder /output/csv`` and ``--corrupted_id_file``. Videos are found and listed as
@@ -31,7 +31,7 @@ Translation rules (REFERENCE.md 1.1, 2.1, 3.1, 4.1, 5.1):
 - CLIP RN50x4 writes where the reference did: every ``clip-vit_features`` in a csv path
   becomes ``clip-rn50x4_features``. A row without that folder name is refused (the reference
   would have overwritten the ViT features with RN50x4 ones).
-- Behaviour differences that only fix reference bugs (REFERENCE.md section 8): clip's
+- Behaviour differences that only fix reference bugs (docs/fidelity.md section 5): clip's
   ``--overwrite`` works; ``--dataflow`` with ``--num_decoding_thread 0`` decodes in the main
   process instead of failing an assert; a ``--clip_len`` of ``1.5`` is accepted everywhere.
 """

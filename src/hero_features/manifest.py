@@ -3,7 +3,7 @@
 Layout: ``OUT/<model>_features/<video path relative to the video root, extension -> .npz>``,
 and ``OUT/csv/<model>_info.csv`` with the header ``video_path,feature_path``.
 
-Differences from the reference's ``gather_video_paths.py`` (REFERENCE.md 1.1, bugs 24-25):
+Differences from the reference's ``gather_video_paths.py`` (its flat names, unquoted csv):
 
 - Sub-folders are mirrored instead of flattened, and any two videos that still share an
   output (``a/x.mp4`` and ``a/x.webm``) stop the gather with an error naming both, before

@@ -41,6 +41,7 @@ class Settings:
 #   ("info", video_id, VideoInfo)
 #   ("units", video_id, group_index, uint8 array (n, ...))
 #   ("warning", video_id, stage, message)  features follow, but from a damaged stream
+#                                          ("decode") or not as FFmpeg 4.x gave ("fidelity")
 #   ("end", video_id, seconds of video decoded)
 #   ("error", video_id, stage, message)  instead of "end": the video failed; drop its units
 
@@ -51,7 +52,7 @@ def frame_rate(unit: str, settings: Settings, info: VideoInfo) -> str:
         return str(settings.target_fps)
     clip_len = float(settings.clip_len)
     rate = 1 / clip_len
-    # The resnet/clip short-video rule (REFERENCE 4.2): only when the duration is known.
+    # The resnet/clip short-video rule (docs/fidelity.md 3.4): only when the duration is known.
     if info.duration is not None and 0 < info.duration < clip_len + 0.1:
         rate = 2 / max(int(info.duration), 1)
     return str(rate)
@@ -117,6 +118,8 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
         return
     if verdict is not None:
         yield ("warning", video_id, "decode", verdict[1])
+    for note in report.fidelity_notes if report is not None else ():
+        yield ("warning", video_id, "fidelity", note)
     yield ("end", video_id, seconds)
 
 

@@ -28,6 +28,7 @@ arithmetic as the C code, so the picks are the CLI's exactly. Nothing here decod
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional
@@ -458,8 +459,6 @@ class FpsSelector:
 
 def _llrintf(value: float) -> int:
     """llrintf: to single precision, then to the nearest integer, ties to even."""
-    import struct
-
     single = struct.unpack("f", struct.pack("f", value))[0]
     return round(single)
 

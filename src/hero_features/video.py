@@ -11,7 +11,7 @@ import errno
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Generator, Optional, Sequence
 
@@ -69,7 +69,7 @@ _HEADER_DURATION_FORMATS = frozenset({"mov", "matroska", "avi", "asf"})
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the reference's ffprobe call gave (REFERENCE 1.2)."""
+    """What the reference's ffprobe call gave (docs/fidelity.md 3.1)."""
 
     width: int  # stream width/height as stored, rotation and SAR ignored
     height: int
@@ -92,7 +92,7 @@ class DecodeSpec:
 
 
 def output_dims(width: int, height: int, size: int) -> tuple[int, int]:
-    """(out_w, out_h): short side exactly `size`, long side truncated (REFERENCE 1.3)."""
+    """(out_w, out_h): short side exactly `size`, long side truncated (docs/fidelity.md 3.3)."""
     if height >= width:
         return size, int(height * size / width)
     return int(width * size / height), size
@@ -420,6 +420,9 @@ class DecodeReport:
     frames: int = 0  # frames decoded and fed to the filter graph
     first_error: str = ""
     read_error: str = ""  # a demuxer error that ended reading before the end of the file
+    # Where the features follow FFmpeg 5.1's CLI but the reference's FFmpeg 4.x would have
+    # given other frames (docs/fidelity.md, "Knowingly different"); one line each.
+    fidelity_notes: list = field(default_factory=list)
 
 
 def _parse_hms(text: str) -> Optional[float]:
@@ -587,6 +590,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     clock = InputClock(facts)
     shape = None
     rebuilds = 0
+    matrices: set = set()
     try:
         timed = _timed_frames(container, stream, clock, report, on_frame)
         while True:
@@ -604,6 +608,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
                     branch.fps.reset()
                 picture.graph = rebuilds = rebuilds + 1
             shape = picture.shape_key()
+            matrices.add(picture.matrix)
             for index, branch in enumerate(branches):
                 for out in branch.push(picture, time):
                     yield index, render(out, branch)
@@ -613,4 +618,19 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
                     yield index, render(out, branch)
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
+    report.fidelity_notes = _orientation_notes(matrices)
     return report
+
+
+def _orientation_notes(matrices: set) -> list[str]:
+    """What FFmpeg 4.x's autorotation would have done otherwise: it turned every frame by
+    the stream's matrix alone, never mirrored, and never followed per-frame orientation."""
+    notes = []
+    if len(matrices) > 1:
+        notes.append("the display orientation changes between frames (per-frame orientation "
+                     "data): rotated frame by frame as FFmpeg 5.1's CLI does; FFmpeg 4.x "
+                     "used one orientation for the whole video")
+    if any(m is not None and m[0] * m[4] - m[1] * m[3] < 0 for m in matrices):
+        notes.append("the display matrix mirrors the picture: flipped as FFmpeg 5.1's CLI "
+                     "does; FFmpeg 4.x only rotated it")
+    return notes

@@ -1,4 +1,4 @@
-"""SlowFast R50 8x8 (Kinetics-400) as the HERO reference runs it (REFERENCE.md 2.4-2.6).
+"""SlowFast R50 8x8 (Kinetics-400) as the HERO reference runs it (docs/fidelity.md 2, 3.5-3.6).
 
 Module and parameter names follow PySlowFast's state dict, so its `.pyth` checkpoints load
 as they are and Caffe2 blobs need only a name conversion. The output is the reference's
