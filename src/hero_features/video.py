@@ -102,19 +102,27 @@ def crop_offset(out_w: int, out_h: int, size: int) -> tuple[int, int]:
     return int((out_w - size) / 2), int((out_h - size) / 2)
 
 
-def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, str]]:
-    """The reference's filters for one branch, as (filter name, arguments) pairs."""
-    out_w, out_h = output_dims(width, height, spec.size)
+def scale_filter(out_w: int, out_h: int) -> tuple[str, str]:
     # flags=bilinear: the reference environment's FFmpeg (<= 4) scaled bilinearly by default;
     # FFmpeg >= 5 defaults to bicubic, so the flag must be explicit.
-    chain = [("fps", f"fps={spec.fps}"), ("scale", f"{out_w}:{out_h}:flags=bilinear")]
+    return "scale", f"{out_w}:{out_h}:flags=bilinear"
+
+
+def crop_filter(out_w: int, out_h: int, size: int) -> tuple[str, str]:
+    x, y = crop_offset(out_w, out_h, size)
+    return "crop", f"{size}:{size}:{x}:{y}"
+
+
+def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, str]]:
+    """The reference's command for one spec, as (filter name, arguments) pairs: what the
+    tests hand the ffmpeg CLI. (The decoder runs the fps part in timeline.py.)"""
+    out_w, out_h = output_dims(width, height, spec.size)
+    chain = [("fps", f"fps={spec.fps}"), scale_filter(out_w, out_h)]
     if spec.crop:
-        x, y = crop_offset(out_w, out_h, spec.size)
-        chain.append(("crop", f"{spec.size}:{spec.size}:{x}:{y}"))
+        chain.append(crop_filter(out_w, out_h, spec.size))
     # The CLI's `-pix_fmt rgb24` becomes a format filter before the sink; negotiation then
     # lets `scale` convert to RGB in the same swscale pass, as the reference's graph did.
-    chain.append(("format", "pix_fmts=rgb24"))
-    return chain
+    return chain + [("format", "pix_fmts=rgb24")]
 
 
 def display_matrix(frame) -> Optional[tuple[int, ...]]:
@@ -387,13 +395,11 @@ class _Renderer:
         key = (width, height) + ((spec.crop, spec.size) if rebuilt else ())
         rgb = picture.scaled.get(key)
         if rgb is None:
-            chain = rotation_filters(picture.matrix) + [
-                ("scale", f"{width}:{height}:flags=bilinear")]
+            chain = rotation_filters(picture.matrix) + [scale_filter(width, height)]
             if rebuilt:
                 out_w, out_h = (spec.size, spec.size) if spec.crop else (width, height)
                 if spec.crop:
-                    x, y = crop_offset(width, height, spec.size)
-                    chain.append(("crop", f"{spec.size}:{spec.size}:{x}:{y}"))
+                    chain.append(crop_filter(width, height, spec.size))
                 chain.append(("scale", f"{out_w}:{out_h}:flags=bicubic"))
             scaler_key = picture.shape_key() + key
             scaler = self.scalers.get(scaler_key)
