@@ -165,6 +165,7 @@ class StreamFacts:
     avg_rate: Optional[Fraction]
     reorder_depth: int  # the decoder's has_b_frames when opened
     codec_rate: Optional[Fraction]  # the decoder's frame rate (for packets without duration)
+    guessed_pts: bool = False  # the demuxer's pts are a newer libavformat's guesses (below)
 
 
 def file_start_time(container) -> Optional[int]:
@@ -211,6 +212,10 @@ def stream_facts(container, stream) -> StreamFacts:
         avg_rate=Fraction(stream.average_rate) if stream.average_rate else None,
         reorder_depth=int(context.reorder_depth),
         codec_rate=Fraction(rate) if rate and rate.numerator and rate.denominator else None,
+        # AVI stores no presentation times. For H.264 in AVI, FFmpeg 5.1's libavformat left
+        # them unset (the decoder then times frames by the CLI's dts); PyAV's newer one
+        # guesses pts = dts + 1, which moves every frame. The guesses are dropped.
+        guessed_pts=demuxer == "avi" and context.name == "h264",
     )
 
 
@@ -252,6 +257,8 @@ class InputClock:
     def packet(self, pts: Optional[int], dts: Optional[int], duration: int) -> _Timestamps:
         f = self.facts
         tb = self._tb
+        if f.guessed_pts:
+            pts = None
         if not self.wrap_done and f.file_start is not None and f.wrap_bits < 64:
             if (self.next_dts is None and self.ts_offset == -f.file_start and f.ts_discont
                     and f.stream_start is not None):
