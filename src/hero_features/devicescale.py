@@ -113,9 +113,12 @@ class DeviceScaler:
                 plane = plane.unsqueeze(0)
             planes.append(_rotate(plane, self.rotation))
         luma, cb, cr = planes
-        if luma.shape[1:] != (self.plan.src_h, self.plan.src_w):
-            raise ValueError(f"luma plane {tuple(luma.shape[1:])} is not the planned "
-                             f"{self.plan.src_h}x{self.plan.src_w} (after rotation)")
+        plan = self.plan
+        chroma = (-(-plan.src_h >> plan.sub_y), -(-plan.src_w >> plan.sub_x))
+        for plane, shape in ((luma, (plan.src_h, plan.src_w)), (cb, chroma), (cr, chroma)):
+            if plane.dtype != torch.uint8 or tuple(plane.shape[1:]) != shape:
+                raise ValueError(f"a {plane.dtype} plane of {tuple(plane.shape[1:])} where "
+                                 f"uint8 {shape} was planned (sizes after rotation)")
         if self.plan.unscaled:
             return self._convert_unscaled(luma, cb, cr)
         return self._scale(luma, cb, cr)
@@ -159,7 +162,7 @@ class DeviceScaler:
         base = y + self.plan.colour.base
         last = self._luma_table.numel() - 1
         channels = (base + r_v[v], base + g_u[u] + g_v[v], base + b_u[u])
-        return torch.stack([self._luma_table[c.clamp_(0, last)] for c in channels],
+        return torch.stack([self._luma_table[c.clamp_(0, last).long()] for c in channels],
                            dim=-1).to(torch.uint8)
 
     def _write_full(self, y, u, v) -> torch.Tensor:
