@@ -49,8 +49,8 @@ from hero_features.swsplan import unsupported_reason, yuv_planes  # noqa: E402
 from hero_features.video import crop_offset, output_dims  # noqa: E402
 
 SIZE = 224
-RATES = (30.0, 0.5)  # slowfast's target fps, resnet's 1 / clip_len
-RESNET_RATE = 0.5
+SLOWFAST_RATE, RESNET_RATE = 30.0, 0.5  # slowfast's target fps; resnet's 1 / clip_len (2)
+RATES = (SLOWFAST_RATE, RESNET_RATE)
 SOURCE_FPS = 30
 BATCH = 32  # frames per device call
 
