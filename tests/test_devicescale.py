@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from hero_features.devicescale import DeviceScaler
+from hero_features.devicescale import DeviceScaler, cached_scaler
 from hero_features.swsplan import (PIX_FMTS, plan_for, quarter_turn, unsupported_reason,
                                    yuv_planes)
 from hero_features.video import crop_offset, output_dims, rotation_filters
@@ -363,3 +363,9 @@ def test_planes_of_another_geometry_are_refused():
         scaler(y.int(), c, c)
     with pytest.raises(ValueError, match="outside"):
         DeviceScaler(320, 240, "yuv420p", 0, 2, 298, 224, crop=(75, 0, 224, 224))
+
+
+def test_scalers_are_built_once_per_geometry():
+    first = cached_scaler(320, 240, "yuv420p", 0, 2, 298, 224, 0, (37, 0, 224, 224))
+    assert cached_scaler(320, 240, "yuv420p", 0, 2, 298, 224, 0, (37, 0, 224, 224)) is first
+    assert cached_scaler(320, 240, "yuv420p", 0, 1, 298, 224, 0, (37, 0, 224, 224)) is not first

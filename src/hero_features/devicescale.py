@@ -11,6 +11,7 @@ turns is a permutation of each plane, as the transpose / hflip+vflip filters do 
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -177,3 +178,14 @@ class DeviceScaler:
             c = ((c + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)  # as the int32 it is in C
             out.append(c.clamp_(0, (1 << 30) - 1) >> 22)
         return torch.stack(out, dim=-1).to(torch.uint8)
+
+
+@lru_cache(maxsize=32)
+def cached_scaler(width: int, height: int, pix_fmt: str, color_range: int, colorspace: int,
+                  out_w: int, out_h: int, rotation: int = 0,
+                  crop: Optional[tuple[int, int, int, int]] = None,
+                  device: torch.device | str = "cpu") -> DeviceScaler:
+    """A `DeviceScaler` built once per geometry, colour tags, crop and device (its filter
+    tensors stay on the device), for callers that see the same videos' shapes again."""
+    return DeviceScaler(width, height, pix_fmt, color_range, colorspace, out_w, out_h,
+                        rotation, crop, device)
