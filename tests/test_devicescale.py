@@ -7,7 +7,9 @@ the CPU. Every comparison is np.array_equal on whole frames.
 """
 from __future__ import annotations
 
+
 import itertools
+import math
 import shutil
 import subprocess
 from fractions import Fraction
@@ -22,7 +24,7 @@ import torch
 from hero_features.devicescale import DeviceScaler, cached_scaler
 from hero_features.swsplan import (PIX_FMTS, plan_for, quarter_turn, unsupported_reason,
                                    yuv_planes)
-from hero_features.video import crop_offset, output_dims, rotation_filters
+from hero_features.video import crop_offset, display_matrix, output_dims, rotation_filters
 
 from conftest import VIDEOS
 
@@ -113,7 +115,7 @@ def graph_frames(path: Path, out_w: int, out_h: int) -> list[np.ndarray]:
             if graph is None:
                 graph = av.filter.Graph()
                 source = tail = graph.add_buffer(template=stream)
-                for name, args in rotation_filters(getattr(frame, "rotation", 0) or 0):
+                for name, args in rotation_filters(display_matrix(frame)):
                     node = graph.add(name, args) if args else graph.add(name)
                     tail.link_to(node)
                     tail = node
@@ -136,7 +138,7 @@ def device_frames(path: Path, out_w: int, out_h: int, crop=None, **override) -> 
     planes, tags = [], set()
     with av.open(str(path)) as container:
         for frame in itertools.islice(container.decode(video=0), FRAMES):
-            turn = quarter_turn(rotation_filters(getattr(frame, "rotation", 0) or 0))
+            turn = quarter_turn(rotation_filters(display_matrix(frame)))
             tags.add((frame.format.name, frame.width, frame.height, int(frame.color_range),
                       int(frame.colorspace), turn))
             planes.append([np.array(plane) for plane in yuv_planes(frame)])
@@ -197,7 +199,7 @@ def test_synthetic_videos_carry_the_formats_and_tags_they_test(synthetic_videos)
         with av.open(str(path)) as container:
             frame = next(container.decode(video=0))
             seen[name] = (frame.format.name, int(frame.color_range), int(frame.colorspace),
-                          quarter_turn(rotation_filters(getattr(frame, "rotation", 0) or 0)),
+                          quarter_turn(rotation_filters(display_matrix(frame))),
                           frame.width, frame.height)
     assert seen["mandelbrot_yuvj420p_mjpeg"][0] == "yuvj420p"
     assert seen["mandelbrot_full_range_h264"][1] == 2
@@ -328,10 +330,21 @@ def test_uncovered_inputs_are_named_and_refused(pix_fmt, size, colour, rotation,
         DeviceScaler(width, height, pix_fmt, *colour, out_w, out_h, rotation)
 
 
+def rotation_matrix(degrees: float) -> tuple[int, ...]:
+    """A display matrix turning the picture `degrees` counter-clockwise (16.16 fixed point,
+    as libavutil's av_display_rotation_set writes it)."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    fixed = [round(v * 65536) for v in (c, -s, 0, s, c, 0)]
+    return tuple(fixed) + (0, 0, 1 << 30)
+
+
 def test_quarter_turn_names_only_the_lossless_rotations():
-    assert [quarter_turn(rotation_filters(r)) for r in (0, -90, 180, 90, -180)] == \
-        [0, 90, 180, 270, 180]
-    assert quarter_turn(rotation_filters(30)) is None
+    turns = [quarter_turn(rotation_filters(rotation_matrix(r))) for r in (0, -90, 180, 90, -180)]
+    assert turns == [0, 90, 180, 270, 180]
+    assert quarter_turn(rotation_filters(None)) == 0
+    assert quarter_turn(rotation_filters(rotation_matrix(30))) is None
+    mirrored = (0, 65536, 0, 65536, 0, 0, 0, 0, 1 << 30)  # a turn and a flip
+    assert quarter_turn(rotation_filters(mirrored)) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
