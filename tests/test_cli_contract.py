@@ -122,7 +122,7 @@ SHARD_VIDEOS = ("a.mp4", "b.mp4", "c.mkv", "sub/d.mp4", "sub/e.mp4", "sub/deeper
 def shard_videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shard_videos")
     for i, name in enumerate(SHARD_VIDEOS):  # other widths, so a mix-up would show
-        _tiny(root / name, width=64 + 16 * i)
+        _tiny(root / name, width=64 + 8 * i)
     return root
 
 

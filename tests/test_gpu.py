@@ -8,7 +8,6 @@ and where the bounds come from) is checked on every machine.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,6 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hero_features.video import (DecodeSpec, VideoError, decode, filter_chain, output_dims,
