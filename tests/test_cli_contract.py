@@ -114,6 +114,9 @@ def test_overwrite_rewrites_the_outputs_of_every_model(tmp_path, synthetic_check
 
 # == --shard K/N ==============================================================================
 
+# The cheapest model (ViT-B/32, a quarter of ResNet-152's work per frame) where the model
+# does not matter.
+LIGHT = "clip-vit"
 SHARDS = 3
 SHARD_VIDEOS = ("a.mp4", "b.mp4", "c.mkv", "sub/d.mp4", "sub/e.mp4", "sub/deeper/f.mp4")
 
@@ -129,9 +132,9 @@ def shard_videos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def unsharded(shard_videos, synthetic_checkpoints, cached_models, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("unsharded")
-    assert _extract(out, "--model", "resnet", "--video_path", shard_videos, "--batch_size", "1",
+    assert _extract(out, "--model", LIGHT, "--video_path", shard_videos, "--batch_size", "1",
                     "--num_decoding_thread", "0", weights_dir=synthetic_checkpoints) == 0
-    return {name: load(feature_path(shard_videos / name, shard_videos, out, "resnet"))
+    return {name: load(feature_path(shard_videos / name, shard_videos, out, LIGHT))
             for name in SHARD_VIDEOS}
 
 
@@ -141,13 +144,13 @@ def _run_shards(out: Path, source: list, key, shard_videos: Path, weights_dir: P
     shared storage); returns the videos each shard wrote."""
     def written() -> set:
         return {name for name in SHARD_VIDEOS
-                if feature_path(shard_videos / name, shard_videos, out, "resnet").exists()}
+                if feature_path(shard_videos / name, shard_videos, out, LIGHT).exists()}
 
     per_shard = []
     for k in range(SHARDS):
         before = written()
         capsys.readouterr()
-        assert _extract(out, "--model", "resnet", *source, "--shard", f"{k}/{SHARDS}",
+        assert _extract(out, "--model", LIGHT, *source, "--shard", f"{k}/{SHARDS}",
                         "--batch_size", "1", "--num_decoding_thread", "0",
                         weights_dir=weights_dir) == 0
         new = written() - before
@@ -165,7 +168,7 @@ def _assert_union_is_the_full_run(per_shard: list[set], out: Path, shard_videos:
     assert set().union(*per_shard) == set(SHARD_VIDEOS)  # ...nobody left out
     assert sum(bool(s) for s in per_shard) >= 2, "these names do not split; pick others"
     for name in SHARD_VIDEOS:
-        got = load(feature_path(shard_videos / name, shard_videos, out, "resnet"))
+        got = load(feature_path(shard_videos / name, shard_videos, out, LIGHT))
         assert np.array_equal(got, unsharded[name]), name
 
 
@@ -182,8 +185,8 @@ def test_csv_shards_together_are_the_full_run(tmp_path, shard_videos, unsharded,
                                               synthetic_checkpoints, cached_models, capsys):
     out = tmp_path / "out"
     assert main(["gather", "--video_path", str(shard_videos), "--output_dir", str(out),
-                 "--model", "resnet"]) == 0
-    csv_file = out / "csv" / "resnet_info.csv"
+                 "--model", LIGHT]) == 0
+    csv_file = out / "csv" / f"{LIGHT}_info.csv"
     assert [r.video_path for r in read_csv(csv_file)] == \
         sorted(shard_videos / name for name in SHARD_VIDEOS)
     # csv mode: the key is the video path as the csv writes it
@@ -208,7 +211,7 @@ def test_ray_through_the_cli(tmp_path, synthetic_checkpoints):
                                                         os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)  # a new local instance, as on a workstation
     done = subprocess.run([sys.executable, "-m", "hero_features", "extract", "--ray",
-                           "--model", "resnet", "--video_path", str(videos), "--output_dir",
+                           "--model", LIGHT, "--video_path", str(videos), "--output_dir",
                            str(out), "--weights_dir", str(synthetic_checkpoints),
                            "--no_progress"],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -218,9 +221,9 @@ def test_ray_through_the_cli(tmp_path, synthetic_checkpoints):
     logged = failures(out)
     assert [Path(f["video_path"]).name for f in logged] == ["broken.mp4"]
     assert logged[0]["stage"] in ("open", "probe")
-    assert not (out / "resnet_features" / "broken.npz").exists()
-    assert_parity_of("resnet_1.5", {Path(SHORT).stem: out / "resnet_features" / "sub" /
-                                    Path(SHORT).with_suffix(".npz")})
+    assert not (out / f"{LIGHT}_features" / "broken.npz").exists()
+    assert_parity_of(f"{LIGHT}_1.5", {Path(SHORT).stem: out / f"{LIGHT}_features" / "sub" /
+                                      Path(SHORT).with_suffix(".npz")})
 
 
 # == --video_timeout ==========================================================================
@@ -247,7 +250,7 @@ def test_video_timeout_reaches_the_decode_workers(tmp_path, flag, limit, timed_p
     videos = tmp_path / "videos"
     _tiny(videos / "a.mp4")
     extra = [] if flag is None else ["--video_timeout", flag]
-    assert _extract(tmp_path / "out", "--model", "resnet", "--video_path", videos,
+    assert _extract(tmp_path / "out", "--model", LIGHT, "--video_path", videos,
                     "--num_decoding_thread", "1", *extra,
                     weights_dir=synthetic_checkpoints) == 0
     assert timed_pools == [limit]
@@ -262,7 +265,7 @@ def test_a_decode_stalled_past_video_timeout_is_logged_and_the_run_goes_on(
     monkeypatch.setenv(faults.GATE_ENV, f"b.mp4:{tmp_path / 'b-started'}")
     monkeypatch.setattr(pipeline, "DecodePool",
                         functools.partial(pipeline.DecodePool, produce_fn=faults.gated_produce))
-    status = _extract(out, "--model", "resnet", "--video_path", videos,
+    status = _extract(out, "--model", LIGHT, "--video_path", videos,
                       "--num_decoding_thread", "1", "--video_timeout", "1",
                       weights_dir=synthetic_checkpoints)
     err = capsys.readouterr().err
@@ -271,7 +274,7 @@ def test_a_decode_stalled_past_video_timeout_is_logged_and_the_run_goes_on(
     logged = failures(out)
     assert [(Path(f["video_path"]).name, f["stage"]) for f in logged] == [("b.mp4", "decode")]
     assert "--video_timeout" in logged[0]["error"] and "killed" in logged[0]["error"]
-    assert load(feature_path(videos / "a.mp4", videos, out, "resnet")).shape == (1, 2048)
+    assert load(feature_path(videos / "a.mp4", videos, out, LIGHT)).shape == (1, 512)
 
 
 def test_video_timeout_0_lets_a_decode_stall_for_as_long_as_it_takes(
@@ -297,12 +300,12 @@ def test_video_timeout_0_lets_a_decode_stall_for_as_long_as_it_takes(
         return ready
 
     monkeypatch.setattr(workers, "wait", wait)
-    assert _extract(out, "--model", "resnet", "--video_path", videos, "--num_decoding_thread",
+    assert _extract(out, "--model", LIGHT, "--video_path", videos, "--num_decoding_thread",
                     "1", "--video_timeout", "0", weights_dir=synthetic_checkpoints) == 0
     assert release.exists() and sum(idle_rounds) >= 3
     assert failures(out) == []
     for name in ("a.mp4", "b.mp4"):
-        assert load(feature_path(videos / name, videos, out, "resnet")).shape == (1, 2048)
+        assert load(feature_path(videos / name, videos, out, LIGHT)).shape == (1, 512)
 
 
 # == --no_download ============================================================================
