@@ -6,8 +6,11 @@ thread count the backend's workers get.
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from fractions import Fraction
@@ -18,11 +21,13 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hero_features.distributed import (TEST_EXIT_ENV, cpu_threads, parse_shard, resolve_gpus,
-                                       run_multi_device, select_shard, shard_key, shard_of)
+import hero_features.distributed as distributed
+from hero_features.distributed import (cpu_threads, parse_shard, resolve_gpus, run_multi_device,
+                                       select_shard, shard_key, shard_of)
 from hero_features.manifest import is_complete
 from hero_features.outputs import FailureLog, Summary
 from hero_features.pipeline import Job, RunConfig, run_on_device
+from hero_features.producer import produce
 from hero_features.weights import WeightsError
 from helpers import failures, load
 
@@ -86,6 +91,40 @@ def reference(video_dir, synthetic_checkpoints, tmp_path_factory):
     return get
 
 
+# Failures injected into spawned workers and Ray tasks: module-level, so they can be sent there.
+# Each exits at once (os._exit) holding its video, as a process hit by a fatal CUDA error or
+# the OOM killer would.
+DIES_ON = "b.mp4"  # the --gpus worker that takes this video dies
+RAY_DIES_ON = "c.mp4"  # the Ray decode task of this video dies, on every attempt
+DEATH_CODE = 86
+
+
+class _DieOnTaking:
+    """A worker's pipe end that ends the worker as soon as it is handed DIES_ON."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def recv(self):
+        item = self.conn.recv()
+        if item is not None and Path(item[1].video_path).name == DIES_ON:
+            os._exit(DEATH_CODE)
+        return item
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def worker_dying_on_b(slot, device, config, conn, log_path, threads):
+    distributed._worker_main(slot, device, config, _DieOnTaking(conn), log_path, threads)
+
+
+def produce_dying_on_c(video_id, path, groups, settings, active=None):
+    if Path(path).name == RAY_DIES_ON:
+        os._exit(DEATH_CODE)
+    yield from produce(video_id, path, groups, settings, active)
+
+
 def assert_matches(out: Path, expected: dict, names) -> None:
     for name in names:
         got = load(out / "resnet_features" / f"{Path(name).stem}.npz")
@@ -109,21 +148,22 @@ def test_two_workers_do_every_video_once_and_match_one_process(tmp_path, video_d
 
 
 def test_a_dead_workers_videos_are_logged_then_redone_by_a_rerun(tmp_path, video_dir, reference,
-                                                               synthetic_checkpoints,
-                                                               monkeypatch):
+                                                               synthetic_checkpoints):
     config = make_config(synthetic_checkpoints, tmp_path, workers=1)
     jobs = make_jobs(video_dir, tmp_path)
-    monkeypatch.setenv(TEST_EXIT_ENV, "b.mp4")  # whichever worker takes b.mp4 exits holding it
     finished = []
     summary = Summary(videos=len(NAMES))
+    # whichever worker takes b.mp4 exits holding it
     run_multi_device(config, ["cpu", "cpu"], jobs, summary, FailureLog(tmp_path),
-                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
+                     worker_fn=worker_dying_on_b)
     assert sorted(name for name, _ in finished) == sorted(NAMES)  # each reported once
     lost = {name for name, ok in finished if not ok}
     logged = failures(tmp_path)
     assert "b.mp4" in lost
     assert {Path(f["video_path"]).name for f in logged} == lost
-    assert all(f["stage"] == "worker" and "exit code 86" in f["error"] for f in logged)
+    assert all(f["stage"] == "worker" and f"exit code {DEATH_CODE}" in f["error"]
+               for f in logged)
     assert (summary.done, summary.failed) == (len(NAMES) - len(lost), len(lost))
     for name in NAMES:  # no partial output for what was lost, a finished one for the rest
         path = tmp_path / "resnet_features" / f"{Path(name).stem}.npz"
@@ -132,7 +172,6 @@ def test_a_dead_workers_videos_are_logged_then_redone_by_a_rerun(tmp_path, video
 
     # The rerun is what the cli would hand any backend; here the plain single-process one,
     # which saves two more worker start-ups (a ResNet-152 load each).
-    monkeypatch.delenv(TEST_EXIT_ENV)
     rerun = todo(jobs)
     assert {job.video_path.name for job in rerun} == lost
     summary = Summary(videos=len(rerun))
@@ -209,15 +248,18 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
         [Job(broken, {"resnet": tmp_path / "resnet_features" / "broken.npz"})]
     finished = []
     summary = Summary(videos=len(jobs))
-    # The decode task of c.mp4 dies on every attempt: retried, then logged.
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {TEST_EXIT_ENV: "c.mp4"}})
+    # The decode task of c.mp4 dies on every attempt: retried, then logged. The failing decode
+    # travels by value: Ray's workers need not import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         run_ray(make_config(synthetic_checkpoints, tmp_path), jobs, summary,
                 FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
-                on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+                on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
+                produce_fn=produce_dying_on_c)
     finally:
         ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert sorted(finished) == [("a.mp4", True), ("b.mp4", True), ("broken.mp4", False),
                                 ("c.mp4", False)]
     assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4})
@@ -231,21 +273,76 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
     assert_matches(tmp_path, reference(1), ["a.mp4", "b.mp4"])
 
 
-def test_the_ray_decode_watchdog_fires_on_a_stall_only():
-    import threading
-    import time
+class _Clock:
+    """The watchdog's time.monotonic, moved on by the test alone."""
 
-    from hero_features.distributed import _StallWatch
+    def __init__(self):
+        self.now = 0.0
 
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _CountedWaits:
+    """Stands in for a _StallWatch's `stopped` event and counts the watch thread's polls, so
+    the test can know that the watch looked at the clock, instead of sleeping and hoping."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+        self.polls = 0
+        self.cond = threading.Condition()
+
+    def wait(self, timeout=None) -> bool:
+        with self.cond:
+            self.polls += 1
+            self.cond.notify_all()
+        return self.event.wait(timeout)
+
+    def set(self) -> None:
+        self.event.set()
+
+    def two_more_polls(self) -> None:
+        """Returns once the watch has passed through its check at least once more."""
+        with self.cond:
+            target = self.polls + 2
+            assert self.cond.wait_for(lambda: self.polls >= target, timeout=60), \
+                "the watch thread stopped polling"
+
+
+def _watch(monkeypatch, limit: float, on_stall):
+    clock = _Clock()
+    monkeypatch.setattr(distributed, "time", clock)  # only the watchdog's module sees it
+    before = set(threading.enumerate())
+    watch = distributed._StallWatch(limit, "x.mp4", on_stall=on_stall)
+    thread, = set(threading.enumerate()) - before
+    watch.stopped = _CountedWaits(watch.stopped)
+    return watch, clock, thread
+
+
+def test_the_ray_decode_watchdog_fires_on_a_stall_only(monkeypatch):
     fired = threading.Event()
-    watch = _StallWatch(0.2, "x.mp4", on_stall=fired.set)
-    with watch.pause():  # waiting for the models is not a stall
-        time.sleep(0.4)
+    watch, clock, thread = _watch(monkeypatch, 0.2, fired.set)
+    with watch.pause():  # waiting for the models is not a stall, however long it lasts
+        clock.now = 1000.0
+        watch.stopped.two_more_polls()
+        assert not fired.is_set()
+    watch.stopped.two_more_polls()  # the pause ended with a tick: no stall yet
     assert not fired.is_set()
-    assert fired.wait(2)
+    clock.now += 0.1
+    watch.stopped.two_more_polls()  # within the limit
+    assert not fired.is_set()
+    clock.now += 0.2  # past it
+    assert fired.wait(60)
+    thread.join(60)
+    assert not thread.is_alive()  # it fires once and ends
     watch.stop()
+
+
+def test_a_stopped_ray_decode_watchdog_never_fires(monkeypatch):
     quiet = threading.Event()
-    watch = _StallWatch(0.2, "y.mp4", on_stall=quiet.set)
+    watch, clock, thread = _watch(monkeypatch, 0.2, quiet.set)
     watch.stop()  # the task ended: the worker goes on to other tasks
-    time.sleep(0.4)
+    thread.join(60)
+    assert not thread.is_alive()  # so no later stall can end the worker
+    clock.now = 1000.0
     assert not quiet.is_set()

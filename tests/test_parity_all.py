@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import hero_features.producer as producer
-from helpers import assert_parity, extract, load
+from helpers import MAX_REL_ERR, assert_parity, assert_parity_of, extract, load, rel_err
 
 from conftest import VIDEOS
 
@@ -66,7 +66,8 @@ def test_slowfast_parity_clip_len_2(tmp_path, synthetic_checkpoints):
 
 def test_combined_run_equals_separate_runs(tmp_path, synthetic_checkpoints, all_models_15):
     """resnet + clip-vit share one decode branch (the crop is cut from the uncropped frame);
-    the result must equal single-model runs, and batch size must not matter."""
+    the result must equal single-model runs, and batch size must not matter beyond float
+    noise."""
     video_dir = tmp_path / "v"
     video_dir.mkdir()
     shutil.copy(VIDEOS / "carphone_pristine.mp4", video_dir)
@@ -74,9 +75,12 @@ def test_combined_run_equals_separate_runs(tmp_path, synthetic_checkpoints, all_
         assert extract("--model", model, "--video_path", video_dir, "--output_dir",
                        tmp_path / model, "--clip_len", "1.5", "--num_decoding_thread", "0",
                        "--batch_size", "1", weights=synthetic_checkpoints) == 0
-        separate = load(tmp_path / model / f"{model}_features" / "carphone_pristine.npz")
+        separate_file = tmp_path / model / f"{model}_features" / "carphone_pristine.npz"
+        separate = load(separate_file)
         combined = load(all_models_15[1] / f"{model}_features" / "carphone_pristine.npz")
         assert separate.shape == combined.shape
-        # batch 1 vs 45 across videos: float noise only
-        np.testing.assert_allclose(separate.astype(np.float32), combined.astype(np.float32),
-                                   atol=2e-3, rtol=2e-3)
+        assert_parity_of(f"{model}_1.5", {"carphone_pristine": separate_file})
+        if model == "resnet":  # ResNet-152's CPU convolutions give the same bits at batch 1
+            assert np.array_equal(separate, combined)
+        else:  # CLIP's matmuls do not (measured: 5 of 1536 values one float16 step apart)
+            assert rel_err(separate, combined) <= MAX_REL_ERR

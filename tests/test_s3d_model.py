@@ -48,9 +48,23 @@ def test_missing_key_is_named(tmp_path, state):
         load_s3d(_save(tmp_path, broken), "cpu")
 
 
+def _assert_holds(model, state):
+    """Every tensor of `state` is in the model, value for value."""
+    loaded = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
 def test_num_batches_tracked_may_be_absent(tmp_path, state):
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    load_s3d(_save(tmp_path, old), "cpu")
+    counters = state.keys() - old.keys()
+    assert counters  # the synthetic checkpoint has them, so this file really lacks some
+    model = load_s3d(_save(tmp_path, old), "cpu")
+    _assert_holds(model, old)
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    # unused in eval; left at a fresh model's value
+    assert all(int(loaded[key]) == 0 for key in counters)
 
 
 def test_unexpected_key_is_named(tmp_path, state):
@@ -72,7 +86,9 @@ def test_text_module_is_ignored(tmp_path, state):
         "text_module.fc1.weight": torch.zeros(2048, 300),
         "text_module.fc2.bias": torch.zeros(512),
     }
-    load_s3d(_save(tmp_path, with_text), "cpu")
+    model = load_s3d(_save(tmp_path, with_text), "cpu")
+    assert model.state_dict().keys() == state.keys()  # nothing of the text module
+    _assert_holds(model, state)
 
 
 class _Exploit:

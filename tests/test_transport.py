@@ -38,10 +38,12 @@ def oversized_units(video_id, path, groups, settings, active):
 
 
 def _shm_files() -> set:
+    """Names in /dev/shm. An unreadable /dev/shm fails the test: an empty set would make every
+    "nothing left behind" check below pass without looking."""
     try:
         return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
+    except OSError as exc:
+        pytest.fail(f"cannot list /dev/shm, so leftovers cannot be checked: {exc}")
 
 
 def _arena_ranges(pool) -> list:
@@ -88,6 +90,7 @@ def test_units_through_shared_memory_match_in_process_decoding(groups):
 def test_a_slot_is_not_reused_before_the_reader_asks_for_the_next_message():
     pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=numbered_units)
     names = {arena.name.lstrip("/") for arena in pool.arenas}
+    assert names and names <= _shm_files()  # the check below can see the arenas
     values = []
     for message in pool.messages([(0, "unused", (0,))]):
         if message[0] == "units":
@@ -132,7 +135,9 @@ def test_a_full_dev_shm_at_start_means_pipes_and_a_note_not_a_crash(monkeypatch)
 
     def tracking(*args, **kwargs):
         segment = real(*args, **kwargs)
-        created.append(segment.name.lstrip("/"))
+        name = segment.name.lstrip("/")
+        assert name in _shm_files()  # so the check that it is gone can see it
+        created.append(name)
         return segment
 
     def full(fd, offset, size):

@@ -6,7 +6,6 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hero_features.video import (DecodeSpec, VideoError, decode, filter_chain, output_dims,
@@ -118,12 +117,39 @@ def test_output_dims_truncate_long_side():
     assert output_dims(1280, 720, 288) == (512, 288)
 
 
+class _CountingContainer:
+    """A PyAV input container that counts the packets demuxed from it."""
+
+    def __init__(self, container):
+        self.container = container
+        self.packets = 0
+
+    def demux(self, *streams):
+        for packet in self.container.demux(*streams):
+            self.packets += bool(packet.size)  # the demuxer's final flush packet is empty
+            yield packet
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+
 def test_decoder_streams_instead_of_collecting(tmp_path):
+    """The first frame comes out while most of the file is still unread: a decoder that
+    collected the whole video (as the reference did) first would have read every packet."""
+    from hero_features.video import decode_container, open_video, probe_container
+
     path = write_video(tmp_path / "idx.mp4", 100, fps=25)
-    frames = decode(path, [DecodeSpec("30", 224, True)])
-    first = next(frames)  # available before the rest of the video is decoded
-    assert first.__class__ is tuple and first[1].dtype == np.uint8
-    frames.close()
+    with open_video(path) as container:
+        counting = _CountingContainer(container)
+        frames = decode_container(counting, [DecodeSpec("30", 224, True)],
+                                  probe_container(container))
+        branch, first = next(frames)
+        read_before_first = counting.packets
+        assert branch == 0 and first.shape == (224, 224, 3) and read_before_first > 0
+        rest = sum(1 for _ in frames)
+    assert counting.packets == 100  # every packet is counted by the end
+    assert read_before_first <= 20, f"{read_before_first} of 100 packets read before frame 1"
+    assert read_before_first + rest > 100  # 25 -> 30 fps
 
 
 @pytest.mark.parametrize("content", [None, b"", b"hello, not a video\n" * 50])

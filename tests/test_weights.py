@@ -356,10 +356,21 @@ def test_listing_is_capped():
     assert "extra.20" not in str(error.value)
 
 
-def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys):
+def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys,
+                                                                monkeypatch):
     """Two runs starting together on one cache must not both append to one .part."""
     import fcntl
+    import types
 
+    blocking = threading.Event()
+
+    def flock(fd, operation):
+        if operation == fcntl.LOCK_EX:  # the blocking request, after LOCK_NB was refused
+            blocking.set()
+        return fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(weights, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
     ckpt = _ckpt(server)
     lock_path = places["weights_dir"] / "ckpt.pth.lock"
     result = {}
@@ -369,11 +380,12 @@ def test_a_download_waits_for_another_process_and_takes_its_file(server, places,
             target=lambda: result.setdefault("path", resolve_checkpoint(
                 ckpt, places["weights_dir"])))
         waiter.start()
-        waiter.join(timeout=1)
-        assert waiter.is_alive(), "did not wait for the lock"
+        # However slowly the thread gets there, it must end up asking to wait for the lock.
+        assert blocking.wait(timeout=60), "did not wait for the lock"
+        assert waiter.is_alive() and "path" not in result
         (places["weights_dir"] / "ckpt.pth").write_bytes(PAYLOAD)  # the other one finished
         fcntl.flock(other, fcntl.LOCK_UN)
-    waiter.join(timeout=10)
+    waiter.join(timeout=120)
     assert result["path"] == places["weights_dir"] / "ckpt.pth"
     assert server.requests == []  # nothing fetched a second time
     assert "waiting for another process downloading ckpt.pth" in capsys.readouterr().err

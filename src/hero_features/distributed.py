@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RayOptions",
     "StartupError",
-    "TEST_EXIT_ENV",
     "cpu_threads",
     "parse_shard",
     "resolve_gpus",
@@ -188,12 +187,6 @@ def _fail_job(job: Job, stage: str, error: str, summary: Summary, failures: Fail
 
 # == --gpus: one worker process per device =========================================================
 
-# TEST-ONLY HOOK. A --gpus worker that takes the video with this file name, or a Ray decode task
-# given it, exits at once (os._exit) holding it, as a process hit by a fatal CUDA error or the
-# OOM killer would. Read in two places below, marked; nothing else uses it.
-TEST_EXIT_ENV = "HERO_FEATURES_TEST_WORKER_EXIT_ON"
-
-
 def resolve_gpus(text: str, available: Optional[int] = None) -> list[str]:
     """'all' or '0,1,3' -> ['cuda:0', ...]; ValueError names what is wrong."""
     if available is None:
@@ -282,7 +275,6 @@ def _worker_main(slot: int, device: str, config: RunConfig, conn, log_path: Path
     summary = Summary()
     held: dict[int, int] = {}  # id(job) -> queue index
     reported = [_extras(summary)]
-    exit_on = os.environ.get(TEST_EXIT_ENV)
     taken = 0
 
     def jobs():
@@ -293,8 +285,6 @@ def _worker_main(slot: int, device: str, config: RunConfig, conn, log_path: Path
                 return
             index, job = item
             taken += 1
-            if exit_on and Path(job.video_path).name == exit_on:  # TEST-ONLY HOOK, see above
-                os._exit(86)
             held[id(job)] = index
             yield job
 
@@ -349,13 +339,16 @@ def _kill_group(pid: Optional[int], sig: int = signal.SIGKILL) -> None:
 
 def run_multi_device(config: RunConfig, devices: Sequence[str], jobs: Iterable[Job],
                      summary: Summary, failures: FailureLog, progress: Optional[bool] = None,
-                     on_finish: OnFinish = None) -> None:
+                     on_finish: OnFinish = None, worker_fn: Callable = _worker_main) -> None:
     """run_on_device on every device at once, videos handed out one at a time from one queue.
 
     Fills `summary` (done, failed, video_seconds, rows...) and `on_finish(job, ok)` fires once
     per video, in this process, as with run_on_device. The videos a dying worker held are
     logged with stage "worker" and counted as failed; the others carry on with the queue.
     Raises WeightsError / StartupError when no worker could load the models.
+
+    worker_fn: what each worker process runs, with _worker_main's arguments; a module-level
+    function (it is sent to spawned processes). Tests pass one that dies holding a video.
     """
     if not devices:
         raise ValueError("run_multi_device needs at least one device")
@@ -369,7 +362,7 @@ def run_multi_device(config: RunConfig, devices: Sequence[str], jobs: Iterable[J
         for slot, device in enumerate(devices):
             mine, theirs = ctx.Pipe(duplex=True)
             # Not a daemon: daemonic processes may not start their own decode workers.
-            process = ctx.Process(target=_worker_main, name=f"hero-features-{device}",
+            process = ctx.Process(target=worker_fn, name=f"hero-features-{device}",
                                   args=(slot, str(device), config, theirs, failures.path,
                                         threads if _is_cpu(device) else None))
             process.start()
@@ -650,14 +643,12 @@ class _StallWatch:
 
 def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Group],
                settings: Settings, batch_size: int, actors: list,
-               video_timeout: Optional[float] = None) -> dict:
-    """One video on a CPU: decode with producer.produce, send batches of units to the model
-    actors (taking turns), put the rows back in order and write the outputs. Its arguments
-    are plain or torch-free types, so unpickling them imports no torch."""
+               video_timeout: Optional[float] = None, produce_fn: Callable = produce) -> dict:
+    """One video on a CPU: decode with `produce_fn` (producer.produce), send batches of units
+    to the model actors (taking turns), put the rows back in order and write the outputs. Its
+    arguments are plain or torch-free types, so unpickling them imports no torch."""
     import ray
 
-    if os.environ.get(TEST_EXIT_ENV) == Path(video_path).name:  # TEST-ONLY HOOK, see above
-        os._exit(86)
     active = [i for i, g in enumerate(groups) if any(m in outputs for m in g.models)]
     batch_size = max(1, batch_size)
     buffers: dict[int, list] = {g: [] for g in active}
@@ -691,7 +682,7 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Grou
 
     watch = _StallWatch(video_timeout, video_path)
     try:
-        for message in produce(index, video_path, groups, settings, active):
+        for message in produce_fn(index, video_path, groups, settings, active):
             watch.tick()
             kind = message[0]
             if kind == "units":
@@ -733,12 +724,14 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Grou
 
 def run_ray(config: RunConfig, jobs: Iterable[Job], summary: Summary, failures: FailureLog,
             options: Optional[RayOptions] = None, progress: Optional[bool] = None,
-            on_finish: OnFinish = None) -> None:
+            on_finish: OnFinish = None, produce_fn: Callable = produce) -> None:
     """Extract `jobs` on a Ray cluster; outputs go to the jobs' paths, which every node must
     see (shared storage). The failure log and the counts are kept here, on the driver.
 
     A decode task whose worker or node dies is rerun `max_retries` times, then its video is
     logged with stage "ray". Uses the running Ray instance if this process already has one.
+    produce_fn: the decode each task runs (producer.produce's arguments), shipped to the
+    cluster's workers; tests pass one that kills its worker.
     """
     try:
         import ray
@@ -788,7 +781,7 @@ def run_ray(config: RunConfig, jobs: Iterable[Job], summary: Summary, failures: 
                 outputs = {model: str(path) for model, path in job.outputs.items()}
                 in_flight[task.remote(index, str(job.video_path), outputs, groups,
                                       config.settings, config.batch_size, actors,
-                                      config.video_timeout)] = job
+                                      config.video_timeout, produce_fn)] = job
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 job = in_flight.pop(ref)
