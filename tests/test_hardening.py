@@ -193,12 +193,6 @@ def test_corpus_case(name, corpus, corpus_run):
 
 # The cases that give features, decoded by us and by the ffmpeg CLI (the reference's decoder).
 DECODED = [c for c in CASES if c.expect != FAILURE]
-# Cases whose frames differ from the CLI's today, with why (xfail(strict): fixing one shows).
-CLI_MISMATCH = {
-    "mpeg2.mpg": "timeline: the MPEG-PS video stream starts at 0.54 s (start_time 48600/90000); "
-                 "the decoded pictures equal the CLI's, but the fps filter picks other ones "
-                 "(every 6th 30 fps frame differs)",
-}
 
 
 def _decoded_case(name: str, corpus):
@@ -230,11 +224,8 @@ def test_corpus_rows_are_what_the_ffmpeg_cli_keeps(name, corpus):
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("name", [
-    pytest.param(c.name, id=ascii(c.name).strip("'"),
-                 marks=[pytest.mark.xfail(strict=True, reason=CLI_MISMATCH[c.name])]
-                 if c.name in CLI_MISMATCH else [])
-    for c in DECODED])
+@pytest.mark.parametrize("name", [pytest.param(c.name, id=ascii(c.name).strip("'"))
+                                  for c in DECODED])
 def test_corpus_frames_byte_identical_to_the_ffmpeg_cli(name, corpus):
     """Other codecs (VP9, AV1, MPEG-2, MJPEG, H.264 High 10), containers, VFR, rotation and
     damage: what the models see is what the reference's ffmpeg command gave, byte for byte."""
