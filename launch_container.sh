@@ -36,16 +36,6 @@ _hero_features_launch() {
             echo "$usage" >&2
             exit 2
         fi
-        # Created here rather than by docker, which would make it owned by root.
-        if ! mkdir -p -- "$2"; then
-            echo "launch_container.sh: cannot create output folder '$2'" >&2
-            exit 2
-        fi
-        video_dir=$(cd -- "$1" && pwd -P)
-        output_dir=$(cd -- "$2" && pwd -P)
-        repo_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")" && pwd -P)
-        shift 2
-
         devices=${CUDA_VISIBLE_DEVICES:-all}
         image=${HERO_FEATURES_IMAGE:-hero-features:latest}
         gpus=${HERO_FEATURES_GPUS:-}
@@ -71,16 +61,7 @@ _hero_features_launch() {
             printf '"%s"' "$value"
         }
 
-        if [ -t 0 ]; then
-            tty_flags=(-it)
-        else
-            # No terminal: keep stdin open so piped input still reaches the command.
-            tty_flags=(-i)
-        fi
-        if [ "$#" -eq 0 ]; then
-            set -- bash
-        fi
-
+        # Before anything is created: a run that cannot start leaves nothing behind.
         if [ "$gpus" = none ]; then
             gpu_flags=()
         else
@@ -102,6 +83,26 @@ _hero_features_launch() {
             fi
             gpu_flags=(--gpus "$(csv_field "device=$devices")"
                        --env "NVIDIA_VISIBLE_DEVICES=$devices")
+        fi
+
+        # Created here rather than by docker, which would make it owned by root.
+        if ! mkdir -p -- "$2"; then
+            echo "launch_container.sh: cannot create output folder '$2'" >&2
+            exit 2
+        fi
+        video_dir=$(cd -- "$1" && pwd -P)
+        output_dir=$(cd -- "$2" && pwd -P)
+        repo_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")" && pwd -P)
+        shift 2
+
+        if [ -t 0 ]; then
+            tty_flags=(-it)
+        else
+            # No terminal: keep stdin open so piped input still reaches the command.
+            tty_flags=(-i)
+        fi
+        if [ "$#" -eq 0 ]; then
+            set -- bash
         fi
 
         exec docker run \

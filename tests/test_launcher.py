@@ -220,6 +220,7 @@ def test_a_missing_nvidia_runtime_is_named_with_what_to_do(env, dirs):
     result = _run([video, out], env)
     assert result.returncode == 2
     assert not Path(env["FAKE_DOCKER_ARGV"]).exists()  # docker run never called
+    assert not out.exists()  # nothing left behind
     message = " ".join(result.stderr.split())
     assert "docker cannot give this container GPUs" in message
     assert "nvidia-container-toolkit" in message and "nvidia-ctk runtime configure" in message
