@@ -117,7 +117,7 @@ def test_extract_names_every_missing_checkpoint_at_once(tmp_path, no_checkpoints
     assert "is dead" in mil_nce and "Fetch it from" not in mil_nce
     assert "--weights_dir DIR" in mil_nce and "HERO_FEATURES_WEIGHTS" in mil_nce
     assert "Fetch it from https://dl.fbaipublicfiles.com" in err  # slowfast's still works
-    assert not (tmp_path / "out" / "failed.jsonl").exists()
+    assert not (tmp_path / "out").exists()  # nothing left behind
 
 
 def test_a_checkpoint_that_is_not_the_published_file_is_warned_about_once(

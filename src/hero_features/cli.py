@@ -352,14 +352,17 @@ def cmd_extract(args) -> int:
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
         progress=not args.no_progress, precision=args.precision)
     try:
+        if todo:  # before the output folder is made: a run that cannot start leaves nothing
+            _check_checkpoints(config)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
+    try:
         ensure_writable_dir(args.output_dir)
     except OSError as exc:
         raise UsageError(f"cannot write to --output_dir {args.output_dir}: "
                          f"{exc.strerror or exc}") from None
     failures = FailureLog(args.output_dir)
     try:
-        if todo:
-            _check_checkpoints(config)
         if todo and gpus is not None:
             run_multi_device(config, gpus, todo, summary, failures)
         elif todo and args.ray is not None:

@@ -184,7 +184,7 @@ def summary_line(info: FileInfo, clip_len: Fraction, clip_source: str,
     if info.problem:
         return f"{name}: {info.problem}"
     rows = info.shape[0] if info.shape else 0
-    head = f"{name}: {rows} rows, {info.dtype} {info.shape}"
+    head = f"{name}: {rows} row{'' if rows == 1 else 's'}, {info.dtype} {info.shape}"
     if info.model is None:
         return f"{head}, model unknown (name it with --model); {_record_text(info.record)}"
     spans = row_spans(info.model, rows, clip_len, duration)

@@ -23,13 +23,13 @@ MIRRORS = (
     "https://drive.google.com/uc?export=download&id=1DN8t1feS0t5hYYTfXQfZd596Pu9yXJIr",
 )
 
-# What a user without the file is told: the README's link is dead, the ENS address is the
-# only official one left and is not to be relied on, and the re-upload is not the authors'.
+# What a user without the file is told instead of "fetch it from URL": the README's link is
+# dead, the ENS address is not to be relied on, and the re-upload is not the authors'.
 MISSING_HINT = (
-    f"The authors' original address ({MIRRORS[0]}) is dead, and {URL}, the replacement they "
-    f"named, is the only official source left. Get s3d_howto100m.pth from a copy you trust "
-    f"(a colleague's, the /models of an older HERO image, or the community re-upload "
-    f"{MIRRORS[1]}, not from the authors: check it first)")
+    f"No dependable download exists: the authors' original address ({MIRRORS[0]}) is dead "
+    f"and the replacement they named ({URL}) cannot be relied on. Get s3d_howto100m.pth "
+    f"from a copy you trust (a colleague's, the /models of an older HERO image, or the "
+    f"community re-upload {MIRRORS[1]}, not from the authors: check it first)")
 
 IGNORED_PREFIX = "text_module."  # the sentence encoder, not needed for video features
 
