@@ -256,8 +256,10 @@ def test_models_command_lists_every_model_and_its_checkpoint_state(places, monke
     _patch_checkpoint(monkeypatch, resnet_model, "SPEC", sha256=SHA256[:8])
     (folder / "ViT-B-32.pt").write_bytes(b"not the published file")
     (folder / "s3d_howto100m.pth").write_bytes(b"no hash is published for this one")
-    assert main(["models", "--weights_dir", str(folder)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["models", "--weights_dir", str(folder)]) == 1  # ViT-B-32.pt fails its hash
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "HASH MISMATCH" in captured.err and str(folder / "ViT-B-32.pt") in captured.err
     rows = {line.split()[0]: line for line in lines[1:]}
     assert sorted(rows) == sorted(MODEL_IDS)
     for name in MODEL_IDS:

@@ -1,4 +1,5 @@
-"""Command line: gather | extract | models | download | pack. Argument parsing and wiring only.
+"""Command line: gather | extract | models | download | pack | inspect. Argument parsing and
+wiring only.
 
 Exit status: 0 every video done, 1 some videos failed (the others finished), 2 the run could
 not start (bad flags, unreadable csv, missing checkpoint).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,23 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gather", help="list videos and write OUT/csv/<model>_info.csv")
     _add_common(g)
-    g.add_argument("--video_path", "--video-path", required=True, type=Path)
-    g.add_argument("--output_dir", "--output-dir", required=True, type=Path)
+    g.add_argument("--video_path", "--video-path", required=True, type=Path,
+                   help="folder searched recursively for videos")
+    g.add_argument("--output_dir", "--output-dir", required=True, type=Path,
+                   help="the csvs go to OUT/csv/<model>_info.csv; features later to "
+                        "OUT/<model>_features")
 
     e = sub.add_parser("extract", help="extract features")
     _add_common(e)
     source = e.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="csv with header video_path,feature_path")
     source.add_argument("--video_path", "--video-path", type=Path, help="folder of videos")
-    e.add_argument("--output_dir", "--output-dir", type=Path, required=True)
+    e.add_argument("--output_dir", "--output-dir", type=Path, required=True,
+                   help="features go to OUT/<model>_features/<path below --video_path>.npz; "
+                        "failures to OUT/failed.jsonl")
     e.add_argument("--clip_len", "--clip-len", default="3/2",
-                   help="seconds per feature row: 2, 1.5 or 3/2 (default 3/2)")
+                   help="seconds per feature row: 2, 1.5 or 3/2")
     e.add_argument("--batch_size", "--batch-size", type=int, default=32,
                    help="frames or clips per forward pass, across videos")
     e.add_argument("--num_decoding_thread", "--num-decoding-thread", type=int, default=2,
                    help="decode worker processes (0 decodes in the main process)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if "
-                                                  "available)")
+                                                  "torch sees one, else cpu)")
     e.add_argument("--gpus", metavar="all|0,1,3",
                    help="one worker process per GPU, all taking videos from one queue, each "
                         "with its own --num_decoding_thread decode workers (docs/scaling.md)")
@@ -74,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode on the CPUs and run the models on the GPUs of a Ray cluster "
                         "(default address: RAY_ADDRESS, a running local instance, or a new "
                         "one); outputs must be on shared storage (docs/scaling.md)")
-    e.add_argument("--weights_dir", "--weights-dir", type=Path)
+    e.add_argument("--weights_dir", "--weights-dir", type=Path, help=_WEIGHTS_DIR_HELP)
     e.add_argument("--checkpoint", type=Path, help="checkpoint file (one model only)")
     e.add_argument("--overwrite", action="store_true", help="redo videos whose output exists")
     e.add_argument("--target_framerate", "--target-framerate", type=int, default=30,
                    help="decode rate of the clip models (slowfast, mil-nce)")
-    e.add_argument("--min_num_features", "--min-num-features", type=int, default=1)
+    e.add_argument("--min_num_features", "--min-num-features", type=int, default=1,
+                   help="slowfast: a video giving fewer clips is re-cut into this many, as "
+                        "the reference did")
     e.add_argument("--pix_fmt", "--pix-fmt", default="rgb24", choices=["rgb24"],
                    help="only rgb24 (the reference's default path)")
     e.add_argument("--dataflow", action="store_true",
@@ -94,20 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32: the reference's precision (CLIP in fp16 on CUDA, as the "
                         "reference ran it); fp16/bf16: autocast every model, faster, parity "
                         "in docs/benchmarks.md")
-    e.add_argument("--no_progress", "--no-progress", action="store_true")
+    e.add_argument("--no_progress", "--no-progress", action="store_true",
+                   help="no progress bar (the summary is still printed)")
     e.add_argument("--no_download", "--no-download", action="store_true",
                    help="never download a missing checkpoint")
     e.add_argument("opts", nargs=argparse.REMAINDER,
                    help="SlowFast's trailing TEST.CHECKPOINT_FILE_PATH <path>")
 
-    m = sub.add_parser("models", help="list models, dims, decode specs and checkpoints")
-    m.add_argument("--weights_dir", "--weights-dir", type=Path)
+    m = sub.add_parser("models", help="list models, dims, decode specs and checkpoints "
+                                      "(exit 1 if a checkpoint fails its published hash)")
+    m.add_argument("--weights_dir", "--weights-dir", type=Path, help=_WEIGHTS_DIR_HELP)
 
     k = sub.add_parser("pack", help="HERO video db (LMDB) from slowfast_features + "
                                     "resnet_features")
     k.add_argument("--output_dir", "--output-dir", type=Path, required=True,
                    help="folder holding slowfast_features/ and resnet_features/")
-    k.add_argument("--db_dir", "--db-dir", type=Path, help="default: OUT/video_db")
+    k.add_argument("--db_dir", "--db-dir", type=Path,
+                   help="where the db goes (default: OUT/video_db)")
     k.add_argument("--clip_interval", "--clip-interval", type=int, default=None,
                    help="seconds; cut videos into sub-clips <vid>.<k> of "
                         "int(clip_interval/clip_len) rows, as HERO did for HowTo100M (60)")
@@ -119,8 +131,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="fetch checkpoints (all, or --model ...)")
     _add_common(d)
-    d.add_argument("--weights_dir", "--weights-dir", type=Path)
+    d.add_argument("--weights_dir", "--weights-dir", type=Path,
+                   help="install into this folder (default: ~/.cache/hero-features, or "
+                        "$XDG_CACHE_HOME/hero-features)")
+    d.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="no network: verify the checkpoints found in DIR (under their "
+                        "original names) and install them")
+
+    _add_inspect(sub)
+    for subparser in sub.choices.values():
+        subparser.formatter_class = _HelpFormatter
     return parser
+
+
+_WEIGHTS_DIR_HELP = ("folder searched first for checkpoints under their original names, then "
+                     "$HERO_FEATURES_WEIGHTS, /models, ~/.cache/hero-features")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, except where there is none to show
+    (None, False) or the help already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_inspect(sub) -> None:
+    i = sub.add_parser("inspect", help="what is in feature files: shape, rows, what made them "
+                                       "and the time span of the video each row covers")
+    i.add_argument("path", type=Path, help="an .npz feature file or an output folder")
+    i.add_argument("--model", metavar="M",
+                   help="the model that made the files (default: from the record of settings, "
+                        "else from the <model>_features folder name)")
+    i.add_argument("--clip_len", "--clip-len", default=None,
+                   help="seconds per row used at extraction (default: from the record of "
+                        "settings, else 3/2)")
+    i.add_argument("--video", type=Path,
+                   help="the video the file was made from (one .npz): probed for the exact "
+                        "time spans, and decoded for --sheet")
+    i.add_argument("--sheet", type=Path, metavar="PNG",
+                   help="with --video and one .npz: draw a contact sheet of the frames each "
+                        "row was computed from")
+    i.add_argument("--max_rows", "--max-rows", type=int, default=None,
+                   help="--sheet: draw only the first N rows")
 
 
 def _slowfast_opts(opts: Sequence[str]) -> Optional[Path]:
@@ -176,12 +233,38 @@ def _jobs_from_folder(video_root: Path, output_dir: Path, models: list[str]):
     if not video_root.is_dir():
         raise UsageError(f"--video_path {video_root} is not a folder")
     videos = find_videos(video_root)
+    if not videos:
+        raise UsageError(_no_videos(video_root))
     try:
         for model in models:
             plan_rows(videos, video_root, output_dir, model)  # raises on two videos -> one output
     except OutputCollisionError as exc:
         raise UsageError(str(exc)) from None
     return [Job(v, {m: feature_path(v, video_root, output_dir, m) for m in models}) for v in videos]
+
+
+def _no_videos(root: Path) -> str:
+    from .manifest import VIDEO_EXTENSIONS
+
+    return (f"no videos found under {root} (searched every sub-folder for "
+            f"{len(VIDEO_EXTENSIONS)} video extensions such as .mp4, .mkv, .webm, .avi; "
+            f"names starting with '.' are skipped)")
+
+
+def _check_checkpoints(config, command: str = "extract") -> None:
+    """Before any video: find (or fetch) every model's checkpoint, naming all that are missing
+    in one error, and warn once, loudly, about any under an official name that is not the
+    published file."""
+    from .models import get_spec
+    from .weights import mismatch_warning, resolve_all
+
+    ckpts = {name: get_spec(name).checkpoint for name in config.models}
+    found = resolve_all(ckpts, config.weights_dir, config.checkpoint, download=config.download)
+    official = {name: (path, ckpts[name]) for name, path in found.items()
+                if path.name == ckpts[name].filename}
+    warning = mismatch_warning(official)
+    if warning:
+        print(f"hero-features {command}: {warning}", file=sys.stderr)
 
 
 def _pick_device(name: Optional[str]):
@@ -245,7 +328,7 @@ def cmd_extract(args) -> int:
             else _jobs_from_folder(args.video_path, args.output_dir, models))
     if shard is not None:
         jobs = select_shard(jobs, *shard, root=None if args.csv else args.video_path)
-    summary = Summary(videos=len(jobs))
+    summary = Summary(videos=len(jobs), shard=args.shard or "")
     todo, seen = [], set()
     for job in jobs:
         key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
@@ -268,6 +351,11 @@ def cmd_extract(args) -> int:
         checkpoint=checkpoint, download=not args.no_download,
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
         progress=not args.no_progress, precision=args.precision)
+    try:
+        if todo:  # before the output folder is made: a run that cannot start leaves nothing
+            _check_checkpoints(config)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
     try:
         ensure_writable_dir(args.output_dir)
     except OSError as exc:
@@ -305,15 +393,21 @@ def cmd_extract(args) -> int:
 
 
 def cmd_gather(args) -> int:
-    from .manifest import OutputCollisionError, gather
+    from .manifest import OutputCollisionError, find_videos, gather
     from .models import MODEL_IDS, get_spec
 
     models = _model_list(args.model) or list(MODEL_IDS)
     if not args.video_path.is_dir():
         raise UsageError(f"--video_path {args.video_path} is not a folder")
+    # Absolute paths, as the reference's csvs had: `extract --csv` may run from anywhere.
+    video_root = Path(os.path.abspath(args.video_path))
+    output_dir = Path(os.path.abspath(args.output_dir))
+    videos = find_videos(video_root)
+    if not videos:
+        raise UsageError(_no_videos(args.video_path))
     try:
-        written = gather(args.video_path, args.output_dir, models,
-                         {m: get_spec(m).dim for m in models})
+        written = gather(video_root, output_dir, models,
+                         {m: get_spec(m).dim for m in models}, videos=videos)
     except OutputCollisionError as exc:
         raise UsageError(str(exc)) from None
     for model, path in written.items():
@@ -323,9 +417,9 @@ def cmd_gather(args) -> int:
 
 def cmd_models(args) -> int:
     from .models import MODEL_IDS, get_spec
-    from .weights import find_checkpoint, verify
+    from .weights import find_checkpoint, verify_cached
 
-    print(f"{'model':<12} {'dim':>5}  {'unit':<5} {'decode':<32} checkpoint")
+    rows, mismatched = [], []
     for name in MODEL_IDS:
         spec = get_spec(name)
         rate = "30 fps" if spec.unit == "clip" else "1/clip_len fps"
@@ -334,21 +428,70 @@ def cmd_models(args) -> int:
         if path is None:
             state = "missing"
         else:
-            ok = verify(path, spec.checkpoint)
-            state = {True: "verified", False: "HASH MISMATCH", None: "present (no published hash)"}[ok]
-            state += f" {path}"
-        print(f"{name:<12} {spec.dim:>5}  {spec.unit:<5} {decode:<32} {spec.checkpoint.filename}: {state}")
+            ok = verify_cached(path, spec.checkpoint)
+            state = {True: "verified", False: "HASH MISMATCH",
+                     None: "present (no published hash)"}[ok] + f" {path}"
+            if ok is False:
+                mismatched.append(path)
+        rows.append((name, str(spec.dim), spec.unit, decode,
+                     f"{spec.checkpoint.filename}: {state}"))
+    print(_table(("model", "dim", "unit", "decode", "checkpoint"), rows, right={1}))
+    if mismatched:
+        print(f"hero-features models: {len(mismatched)} checkpoint(s) under an official name "
+              f"are not the published files (HASH MISMATCH), so their features will not match "
+              f"the released ones: {', '.join(map(str, mismatched))}. Delete them and run "
+              f"`hero-features download` (or `hero-features download --from DIR` with the "
+              f"published files) to replace them.", file=sys.stderr)
+        return EXIT_FAILED_VIDEOS
     return EXIT_OK
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right=frozenset()) -> str:
+    """Columns as wide as their widest cell (the last one left ragged)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(cells):
+        parts = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts + [cells[-1]])
+
+    return "\n".join(line(cells) for cells in [header, *rows])
 
 
 def cmd_download(args) -> int:
     from .models import MODEL_IDS, get_spec
-    from .weights import WeightsError, resolve_checkpoint
+    from .weights import WeightsError, mismatch_warning, resolve_checkpoint
 
+    names = _model_list(args.model) or list(MODEL_IDS)
+    if args.from_dir is not None:
+        return _install_from(args.from_dir, names, args.weights_dir)
     status = EXIT_OK
-    for name in _model_list(args.model) or list(MODEL_IDS):
+    found = {}
+    for name in names:
+        ckpt = get_spec(name).checkpoint
         try:
-            print(f"{name}: {resolve_checkpoint(get_spec(name).checkpoint, args.weights_dir)}")
+            found[name] = (resolve_checkpoint(ckpt, args.weights_dir), ckpt)
+            print(f"{name}: {found[name][0]}")
+        except WeightsError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED_VIDEOS
+    warning = mismatch_warning(found)
+    if warning:
+        print(f"hero-features download: {warning}", file=sys.stderr)
+    return status
+
+
+def _install_from(folder: Path, names: Sequence[str], weights_dir: Optional[Path]) -> int:
+    from .models import get_spec
+    from .weights import WeightsError, cache_dir, install_checkpoint
+
+    if not folder.is_dir():
+        raise UsageError(f"--from {folder} is not a folder")
+    target = Path(weights_dir) if weights_dir else cache_dir()
+    status = EXIT_OK
+    for name in names:
+        try:
+            print(f"{name}: {install_checkpoint(get_spec(name).checkpoint, folder, target)}")
         except WeightsError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             status = EXIT_FAILED_VIDEOS
@@ -361,8 +504,17 @@ def cmd_pack(args) -> int:
     return run_from_args(args)  # 0 all packed, 1 some videos left out, 2 could not run
 
 
+def cmd_inspect(args) -> int:
+    from .inspect import InspectError, run_from_args
+
+    try:
+        return run_from_args(args)
+    except InspectError as exc:
+        raise UsageError(str(exc)) from None
+
+
 COMMANDS = {"extract": cmd_extract, "gather": cmd_gather, "models": cmd_models,
-            "download": cmd_download, "pack": cmd_pack}
+            "download": cmd_download, "pack": cmd_pack, "inspect": cmd_inspect}
 
 
 def _return_freed_batches_to_the_os() -> None:

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .outputs import FailureLog, Summary, write_features
 from .producer import Group, Settings, produce
+from .progress import VideoProgress
 
 # torch comes in only inside functions: Ray decode tasks import this module on every CPU
 # worker of a cluster, where torch would cost seconds and ~300 MB per process for nothing.
@@ -103,7 +103,7 @@ def select_shard(jobs: Iterable[Job], index: int, count: int,
 
 # Summary fields the parent counts itself from per-video events (or sets before the run, or
 # that are timestamps): never summed from the workers.
-_EVENT_COUNTED = frozenset({"videos", "done", "skipped", "failed", "started"})
+_EVENT_COUNTED = frozenset({"videos", "done", "skipped", "failed", "started", "shard"})
 
 
 def _extras(summary: Summary) -> dict:
@@ -156,33 +156,60 @@ def _resolve_checkpoints(config: RunConfig) -> None:
 
 
 class _Progress:
-    """The one bar of a run whose videos finish in other processes."""
+    """The one bar of a run whose videos finish in other processes, in video-seconds: the
+    --gpus workers forward each video's begin/reach events (keyed by queue index); Ray's
+    decode tasks report only when a video ends."""
 
     def __init__(self, total: int, enabled: bool, summary: Summary):
         self.summary = summary
-        self.bar = tqdm(total=total, unit="video", disable=not enabled, dynamic_ncols=True)
+        self.bar = VideoProgress(total, enabled)
 
-    def update(self) -> None:
-        self.bar.update(1)
-        elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
-        self.bar.set_postfix_str(f"{self.summary.video_seconds / elapsed:.1f} video-s/s, "
-                                 f"{self.summary.failed} failed")
+    def event(self, kind: str, index: int, seconds: Optional[float]) -> None:
+        if kind == "begin":
+            self.bar.begin(index, seconds)
+        else:
+            self.bar.reach(index, seconds or 0.0)
+
+    def update(self, index: Optional[int] = None, ok: bool = True,
+               seconds: Optional[float] = None) -> None:
+        self.bar.end(index, ok, seconds)
 
     def note(self, text: str) -> None:
-        tqdm.write(f"hero-features: {text}", file=sys.stderr)
+        self.bar.note(f"hero-features: {text}")
 
     def close(self) -> None:
         self.bar.close()
 
 
+class _ForwardProgress:
+    """In a --gpus worker: the pipeline's progress events, sent to the parent's bar. Decoding
+    positions are sent at most every 0.2 s per video; begin and end always."""
+
+    def __init__(self, channel: "_Channel", held: dict):
+        self.channel, self.held = channel, held
+        self._sent: dict[int, float] = {}
+
+    def begin(self, job: Job, duration: Optional[float]) -> None:
+        self.channel.send(("progress", "begin", self.held.get(id(job)), duration))
+
+    def reach(self, job: Job, seconds: float) -> None:
+        now = time.monotonic()
+        if now - self._sent.get(id(job), 0.0) >= 0.2:
+            self._sent[id(job)] = now
+            self.channel.send(("progress", "reach", self.held.get(id(job)), seconds))
+
+    def end(self, job: Job, ok: bool, seconds: Optional[float] = None) -> None:
+        self._sent.pop(id(job), None)  # the parent learns of the end from "finished"
+
+
 def _fail_job(job: Job, stage: str, error: str, summary: Summary, failures: FailureLog,
-              progress: _Progress, on_finish: OnFinish) -> None:
+              progress: _Progress, on_finish: OnFinish, index: Optional[int] = None) -> None:
     for model in job.outputs:
         failures.record(job.video_path, model, stage, error)
     summary.failed += 1
     if on_finish is not None:
         on_finish(job, False)
-    progress.update()
+    progress.update(index, ok=False)
 
 
 # == --gpus: one worker process per device =========================================================
@@ -295,7 +322,8 @@ def _worker_main(slot: int, device: str, config: RunConfig, conn, log_path: Path
 
     try:
         run_on_device(config, torch.device(device), jobs(), summary, _failure_log_at(log_path),
-                      progress=False, on_finish=on_finish)
+                      progress=False, on_finish=on_finish,
+                      progress_sink=_ForwardProgress(channel, held))
     except BaseException as exc:  # told to the parent first, so it can name the cause
         text = f"{type(exc).__name__}: {exc}"
         channel.send(("fatal", isinstance(exc, WeightsError), text) if taken == 0
@@ -420,6 +448,10 @@ def _pump(worker: _Worker, queue: deque, summary: Summary, bar: _Progress,
                     del worker.held[item[0]]
                     queue.appendleft(item)
                 return True
+        elif kind == "progress":
+            _, event, index, seconds = message
+            if index in worker.held:
+                bar.event(event, index, seconds)
         elif kind == "finished":
             _, index, ok, delta = message
             job = worker.held.pop(index, None)
@@ -432,7 +464,7 @@ def _pump(worker: _Worker, queue: deque, summary: Summary, bar: _Progress,
                 summary.failed += 1
             if on_finish is not None:
                 on_finish(job, ok)
-            bar.update()
+            bar.update(index, ok, delta.get("video_seconds"))
         else:  # "exit" | "fatal" | "crash"
             worker.last = message
             if kind == "exit":
@@ -462,7 +494,7 @@ def _retire(worker: _Worker, summary: Summary, failures: FailureLog, bar: _Progr
              f"(stage worker) and will be redone by a rerun")
     for index in sorted(worker.held):
         _fail_job(worker.held[index], "worker", f"{reason} while this video was in its hands",
-                  summary, failures, bar, on_finish)
+                  summary, failures, bar, on_finish, index)
     worker.held.clear()
 
 
@@ -478,9 +510,9 @@ def _nobody_left(workers: list[_Worker], queue: deque, summary: Summary, failure
         words = [w.last[-1] if w.last else _exit_text(w.process.exitcode) for w in workers]
         raise StartupError(f"no worker could start: {words[0]}")
     while queue:
-        _, job = queue.popleft()
+        index, job = queue.popleft()
         _fail_job(job, "worker", "not started: every worker process had stopped", summary,
-                  failures, bar, on_finish)
+                  failures, bar, on_finish, index)
 
 
 # == --ray: decode tasks on CPUs, model actors on GPUs ==============================================
@@ -837,4 +869,4 @@ def _record(job: Job, result: dict, summary: Summary, failures: FailureLog, bar:
         summary.rows[model] = summary.rows.get(model, 0) + rows
     if on_finish is not None:
         on_finish(job, True)
-    bar.update()
+    bar.update(None, True, result["seconds"])

@@ -14,7 +14,8 @@ Translation rules (the reference's scripts, flag by flag):
   ``<csv_folder>/<m>_info.csv``. A video whose output is already complete is left out unless
   its id (file name without extension, or its path below ``--video_path`` without extension)
   is in the corrupted-id list; it is then listed once, not twice, and, as in the reference,
-  it is only redone by an extract run with ``--overwrite``.
+  it is only redone by an extract run with ``--overwrite``. Paths are written absolute; a
+  folder without videos exits 2; the feature folder is left for extract to create.
 - extract: ``hero-features extract --model M --csv F`` with the matching flags. Its
   ``--output_dir`` (where ``failed.jsonl`` goes) is the folder above the csv's folder when
   that folder is called ``csv`` (``/output/csv/x.csv`` -> ``/output``, the gather layout),
@@ -81,12 +82,18 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
                         help="JSON list of video ids to list again although their output exists")
     args = parser.parse_args(argv)
 
-    root, features = Path(args.video_path), Path(args.feature_path)
+    # Absolute paths, as the reference's csvs had (its defaults were): the extract step may run
+    # from another folder.
+    root = Path(os.path.abspath(args.video_path))
+    features = Path(os.path.abspath(args.feature_path))
     if not root.is_dir():
-        parser.error(f"--video_path {root} is not a folder")
+        parser.error(f"--video_path {args.video_path} is not a folder")
     corrupted = _corrupted_ids(parser, args.corrupted_id_file)
+    videos = find_videos(root)
+    if not videos:
+        parser.error(f"no videos found under {args.video_path} (searched every sub-folder)")
     rows, owners, collisions = [], {}, []
-    for video in find_videos(root):
+    for video in videos:
         relative = Path(os.path.relpath(video, root))
         output = features / relative.with_suffix(".npz")
         relative = relative.with_suffix("")
@@ -100,7 +107,8 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
             rows.append(Row(video, output))
     if collisions:
         parser.error(str(OutputCollisionError(collisions)))
-    features.mkdir(parents=True, exist_ok=True)
+    # The feature folder is left to the extract step: the one clip csv serves ViT-B/32 and
+    # RN50x4, and a run for RN50x4 only must not leave an empty clip-vit_features/ behind.
     csv_file = Path(args.csv_folder) / f"{model}_info.csv"
     write_csv(rows, csv_file)
     print(f"{len(rows)} of {len(owners)} videos listed in {csv_file}")

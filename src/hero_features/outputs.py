@@ -120,10 +120,12 @@ class Summary:
     rows: dict = field(default_factory=dict)  # model -> feature rows written
     model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
     started: float = field(default_factory=time.monotonic)
+    shard: str = ""  # "K/N" with --shard: named in the summary, so job-array logs say which
 
     def lines(self) -> list[str]:
         wall = max(time.monotonic() - self.started, 1e-9)
-        out = [f"videos: {self.done} done, {self.skipped} skipped (already complete), "
+        which = f" (shard {self.shard})" if self.shard else ""
+        out = [f"videos{which}: {self.done} done, {self.skipped} skipped (already complete), "
                f"{self.failed} failed, of {self.videos}",
                f"video time: {self.video_seconds / 3600:.3f} h in {wall:.1f} s "
                f"({self.video_seconds / wall:.1f} video-s/s)"]

@@ -325,8 +325,24 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
     return report
 
 
+EXTRA_MODULES = ("lmdb", "msgpack", "msgpack_numpy")  # what the `pack` extra installs
+
+
+def missing_extras() -> list[str]:
+    """The modules of the `pack` extra that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
 def run_from_args(args) -> int:
     """``hero-features pack``: 0 all packed, 1 some videos left out, 2 could not run."""
+    missing = missing_extras()
+    if missing:  # before anything is created: no empty video_db/ left behind
+        print(f"hero-features: error: pack needs {', '.join(missing)}, which the 'pack' extra "
+              f"installs: pip install 'hero-features[pack]' (from a checkout: pip install "
+              f"'.[pack]')", file=sys.stderr)
+        return 2
     db_dir = args.db_dir if args.db_dir is not None else Path(args.output_dir) / "video_db"
     try:
         report = pack(args.output_dir, db_dir, args.clip_interval,

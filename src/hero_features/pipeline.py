@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .models import ModelSpec, get_spec
 from .outputs import FailureLog, Summary, write_features
 from .producer import Group, Settings
+from .progress import VideoProgress
 from .weights import WeightsError, resolve_checkpoint, short_reason
 from .workers import DecodePool, inline_messages
 
@@ -60,6 +61,7 @@ class _VideoState:
     rows: dict = field(default_factory=dict)  # model -> {unit index: feature row}
     warnings: list = field(default_factory=list)  # (stage, message) of a damaged stream
     next_index: dict = field(default_factory=dict)  # model -> next unit index
+    video_id: int = 0
 
 
 @dataclass
@@ -102,8 +104,10 @@ class Extractor:
                  summary: Summary, workers: int = 0, progress: bool = True,
                  video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT,
                  on_finish: Optional[Callable[[Job, bool], None]] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", progress_sink=None):
         # on_finish(job, ok): called once per video when it is written or has failed.
+        # progress_sink: where begin/reach/end(job, ...) go instead of this process's bar
+        # (a --gpus worker forwards them to the parent's).
         self.specs = {s.name: s for s in specs}
         self.models = models
         self.device = device
@@ -121,6 +125,9 @@ class Extractor:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._fatal: Optional[BaseException] = None
         self.progress = progress
+        self.progress_sink = progress_sink
+        # Replaced in run() by one that knows how many videos there are.
+        self._bar = progress_sink or VideoProgress(None, enabled=False)
         self.groups = make_groups(specs)
         # (model, unit shape) -> the batch being filled; units of one model are batched
         # across videos, but only with units of the same shape (frames of differently sized
@@ -234,7 +241,14 @@ class Extractor:
         self._give_back((model, tuple(batch.buffer.shape[1:])), batch.buffer)
         for video_id, _, _ in batch.segments:
             self._videos[video_id].pending -= 1
+            self._report_position(self._videos[video_id])
             self._maybe_finish(video_id)
+
+    def _report_position(self, state: _VideoState) -> None:
+        """How far into the video every one of its models has got, one row per clip_len
+        seconds (the short-video rule's faster rate is capped at the duration by the bar)."""
+        done = min(len(state.rows.get(model, ())) for model in state.job.outputs)
+        self._bar.reach(self._key(state), done * float(self.settings.clip_len))
 
     # -- per-video bookkeeping ----------------------------------------------------------------
     def _fail(self, video_id: int, stage: str, error: str) -> None:
@@ -276,12 +290,12 @@ class Extractor:
                 self.summary.video_seconds += state.seconds
             else:
                 self.summary.failed += 1
+            self._bar.end(self._key(state), ok, state.seconds)
             if self.on_finish is not None:
                 self.on_finish(state.job, ok)
-            self._bar.update(1)
-            elapsed = max(self._bar.format_dict["elapsed"], 1e-9)
-            self._bar.set_postfix_str(f"{self.summary.video_seconds / elapsed:.1f} video-s/s, "
-                                      f"{self.summary.failed} failed")
+
+    def _key(self, state: _VideoState):
+        return state.job if self.progress_sink is not None else state.video_id
 
     def _write(self, state: _VideoState) -> bool:
         """Write every model's file of one video; False (and logged) if it cannot be done."""
@@ -311,14 +325,13 @@ class Extractor:
     def _register(self, jobs: Iterable[Job]) -> Iterator[tuple]:
         """Hand jobs to the decoders lazily, so a worker process never runs ahead."""
         for video_id, job in enumerate(jobs):
-            self._videos[video_id] = _VideoState(job)
+            self._videos[video_id] = _VideoState(job, video_id=video_id)
             yield video_id, str(job.video_path), _active_groups(self.groups, job)
 
     def run(self, jobs: Iterable[Job], total: Optional[int] = None) -> None:
         if total is None and hasattr(jobs, "__len__"):
             total = len(jobs)
-        self._bar = tqdm(total=total, unit="video", disable=not self.progress,
-                         dynamic_ncols=True)
+        self._bar = self.progress_sink or VideoProgress(total, self.progress)
         workers = self.workers if total is None else min(self.workers, total)
         pool = DecodePool(workers, self.groups, self.settings, self.video_timeout) \
             if workers > 0 else None
@@ -340,6 +353,8 @@ class Extractor:
                         for model in self.groups[message[2]].models:
                             if model in state.job.outputs:
                                 self._queue_units(video_id, model, message[3])
+                elif kind == "info":
+                    self._bar.begin(self._key(state), message[2].duration)
                 elif kind == "error":
                     self._fail(video_id, message[2], message[3])
                 elif kind == "warning":
@@ -357,7 +372,8 @@ class Extractor:
             if pool is not None:
                 pool.close()
             self._writer.shutdown(wait=True)
-            self._bar.close()
+            if self.progress_sink is None:
+                self._bar.close()
         if self._fatal is not None:
             raise self._fatal
 
@@ -415,12 +431,12 @@ def load_models(config: RunConfig, device: torch.device) -> dict:
 def run_on_device(config: RunConfig, device: torch.device, jobs: Iterable[Job],
                   summary: Summary, failures: FailureLog, progress: Optional[bool] = None,
                   on_finish: Optional[Callable[[Job, bool], None]] = None,
-                  total: Optional[int] = None) -> None:
+                  total: Optional[int] = None, progress_sink=None) -> None:
     """The single-host pipeline on one device: the unit every backend reuses."""
     specs = [get_spec(name) for name in config.models]
     extractor = Extractor(specs, load_models(config, device), device, config.settings,
                           config.batch_size, failures, summary, workers=config.workers,
                           progress=config.progress if progress is None else progress,
                           video_timeout=config.video_timeout, on_finish=on_finish,
-                          precision=config.precision)
+                          precision=config.precision, progress_sink=progress_sink)
     extractor.run(jobs, total=total)

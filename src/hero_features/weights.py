@@ -80,9 +80,62 @@ def resolve_checkpoint(ckpt: Checkpoint, weights_dir: Optional[Path] = None,
 
 def _missing_message(ckpt: Checkpoint, weights_dir: Optional[Path], why: str) -> str:
     looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+    fetch = ckpt.missing_hint or f"Fetch it from {ckpt.url}"
     return (f"checkpoint {ckpt.filename} not found (looked in {looked}) and it could not be "
-            f"downloaded ({why}). Fetch it from {ckpt.url} and put it in one of those folders, "
+            f"downloaded ({why}). {fetch} and put it in one of those folders, "
             f"e.g. --weights_dir DIR or ${ENV_WEIGHTS}=DIR.")
+
+
+class MissingCheckpoints(WeightsError):
+    """Several checkpoints that could not be found or fetched, all named in one message."""
+
+
+def resolve_all(ckpts: Mapping[str, Checkpoint], weights_dir: Optional[Path] = None,
+                explicit: Optional[Path] = None, download: bool = True) -> dict[str, Path]:
+    """resolve_checkpoint for every model (name -> Checkpoint), going on past a missing one so
+    that one error names them all: otherwise the next one only shows up once the first is
+    found."""
+    found: dict[str, Path] = {}
+    problems: list[str] = []
+    for name, ckpt in ckpts.items():
+        try:
+            found[name] = resolve_checkpoint(ckpt, weights_dir, explicit, download)
+        except WeightsError as exc:
+            problems.append(f"{name}: {exc}")
+    if len(problems) == 1:
+        raise WeightsError(problems[0])
+    if problems:
+        raise MissingCheckpoints(f"{len(problems)} checkpoints are missing:\n  " +
+                                 "\n  ".join(problems))
+    return found
+
+
+# (path, size, mtime, inode) -> verify(); a run hashes each file once, however many times a
+# command in the same process asks (the tests call the CLI in-process over and over).
+_VERIFIED: dict[tuple, Optional[bool]] = {}
+
+
+def verify_cached(path: Path, ckpt: Checkpoint) -> Optional[bool]:
+    if not ckpt.sha256:
+        return None
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, ckpt.sha256)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = verify(path, ckpt)
+    return _VERIFIED[key]
+
+
+def mismatch_warning(found: Mapping[str, tuple[Path, Checkpoint]]) -> Optional[str]:
+    """A loud warning naming every file (model -> (path, checkpoint)) under an official name
+    whose sha256 is not the published one, or None when all match or publish no hash."""
+    bad = [f"{name}: {path}" for name, (path, ckpt) in found.items()
+           if verify_cached(path, ckpt) is False]
+    if not bad:
+        return None
+    return ("WARNING: HASH MISMATCH: these checkpoints carry an official file name but are not "
+            "the published files, so their features will NOT match the released ones: " +
+            "; ".join(bad) + ". Delete them and run `hero-features download` for the published "
+            "files (or ignore this if you meant to use your own weights).")
 
 
 def sha256_of(path: Path) -> str:
@@ -153,6 +206,34 @@ def _download_locked(ckpt: Checkpoint, final: Path, weights_dir: Optional[Path],
         raise WeightsError(f"{ckpt.filename} from {ckpt.url} does not match its published "
                            f"sha256 {ckpt.sha256}; kept as {bad}")
     os.replace(partial, final)
+    return final
+
+
+def install_checkpoint(ckpt: Checkpoint, source_dir: Path, target_dir: Path) -> Path:
+    """`source_dir/<original name>` copied into `target_dir` once it passes its published
+    sha256 (for machines without internet: `hero-features download --from DIR`). A file the
+    target already holds is left alone when it has the same bytes, else refused by name."""
+    source = Path(source_dir) / ckpt.filename
+    final = Path(target_dir) / ckpt.filename
+    if not source.is_file():
+        raise WeightsError(f"{ckpt.filename} is not in {source_dir}")
+    if verify(source, ckpt) is False:
+        raise WeightsError(f"{source} does not match the published sha256 {ckpt.sha256}: not "
+                           f"installed (features made with it would not match the released "
+                           f"ones)")
+    if final.is_file():
+        if final.resolve() == source.resolve() or sha256_of(final) == sha256_of(source):
+            return final
+        raise WeightsError(f"{final} already exists and differs from {source}; remove it "
+                           f"first to install this one")
+    try:
+        Path(target_dir).mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(ckpt.filename + ".part")
+        shutil.copyfile(source, partial)
+        os.replace(partial, final)
+    except OSError as exc:
+        raise WeightsError(f"cannot install {ckpt.filename} into {target_dir}: "
+                           f"{exc.strerror or exc}") from None
     return final
 
 

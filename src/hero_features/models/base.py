@@ -20,6 +20,9 @@ class Checkpoint:
     filename: str
     url: str
     sha256: Optional[str] = None  # None where no hash is published
+    # Said instead of "fetch it from <url>" when the file is missing and the download failed
+    # or was not allowed: for a file whose published address no longer serves it.
+    missing_hint: Optional[str] = None
 
 
 @dataclass(frozen=True)

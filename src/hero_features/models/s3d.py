@@ -23,6 +23,14 @@ MIRRORS = (
     "https://drive.google.com/uc?export=download&id=1DN8t1feS0t5hYYTfXQfZd596Pu9yXJIr",
 )
 
+# What a user without the file is told instead of "fetch it from URL": the README's link is
+# dead, the ENS address is not to be relied on, and the re-upload is not the authors'.
+MISSING_HINT = (
+    f"No dependable download exists: the authors' original address ({MIRRORS[0]}) is dead "
+    f"and the replacement they named ({URL}) cannot be relied on. Get s3d_howto100m.pth "
+    f"from a copy you trust (a colleague's, the /models of an older HERO image, or the "
+    f"community re-upload {MIRRORS[1]}, not from the authors: check it first)")
+
 IGNORED_PREFIX = "text_module."  # the sentence encoder, not needed for video features
 
 
@@ -166,7 +174,7 @@ SPEC = ModelSpec(
     unit="clip",
     size=224,
     crop=True,
-    checkpoint=Checkpoint("s3d_howto100m.pth", URL, sha256=None),
+    checkpoint=Checkpoint("s3d_howto100m.pth", URL, sha256=None, missing_hint=MISSING_HINT),
     build=load_s3d,
     preprocess=preprocess_s3d,
 )
