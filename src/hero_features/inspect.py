@@ -1,7 +1,7 @@
 """`hero-features inspect`: what feature files hold, which part of the video each row stands
 for, and (`--sheet`) a contact sheet of the very frames each row was computed from.
 
-Time spans follow the rules the extractor used (REFERENCE.md 1.3, 2.3, 4.2, 5.2):
+Time spans follow the rules the extractor used (docs/fidelity.md 3.2-3.5):
 
 - Frame models (resnet, clip-*): the fps filter runs at F = 1/clip_len (the short-video rule
   makes it 2/int(D) for a video of D < clip_len + 0.1 s), so row k stands for [k/F, (k+1)/F)
@@ -13,7 +13,7 @@ Time spans follow the rules the extractor used (REFERENCE.md 1.3, 2.3, 4.2, 5.2)
   reaching past the video's end is padded with repeats of its last second ("*" on those
   frames).
 
-The sheet decodes with the extractor's own producer (same filter graph, crop and clip
+The sheet decodes with the extractor's own producer (same decoder, timeline, crop and clip
 sampler), so its tiles are the model's input, before normalisation.
 """
 from __future__ import annotations
