@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Generator, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import av
 import av.error
@@ -29,21 +29,24 @@ class VideoError(Exception):
 
 
 # Demuxers that open further files or URLs named inside the input (playlists, concat lists,
-# image sequences, network session descriptions, DVD structures, scripts). A scraped "video"
-# must never make us read anything but itself. They are kept off FFmpeg's format whitelist,
-# so they are refused after probing and BEFORE they read their header: the concat demuxer
-# opens the first listed file while reading its header, through a context of its own that
-# does not use our io_open hook.
+# image sequences, network session descriptions, DVD structures, scripts) or beside it (a
+# VobSub index opens the .sub of the same name, MLV its .M00, .M01 ... chunks). A scraped
+# "video" must never make us read anything but itself. They are kept off FFmpeg's format
+# whitelist, so they are refused after probing and BEFORE they read their header: concat
+# and vobsub open their other file while reading the header, through a context of their own
+# that does not use our io_open hook (docs/reliability.md lists the audit).
 _DEMUXERS_THAT_OPEN_OTHER_FILES = frozenset({
     "hls", "applehttp", "concat", "dash", "webm_dash_manifest", "image2", "imf", "sdp", "rtp",
-    "rtsp", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "rtsp", "sap", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "vobsub", "mlv",
 })
 _FORMAT_WHITELIST = ",".join(sorted(name for name in av.formats_available
                                     if not set(name.split(",")) & _DEMUXERS_THAT_OPEN_OTHER_FILES))
 # What refused files usually are, to name them in the failure message.
 _SIGNATURES = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat version", "an ffconcat list"),
                (b"<?xml", "an XML manifest (DASH/IMF?)"), (b"<MPD", "a DASH manifest"),
-               (b"v=0", "an SDP session description"))
+               (b"v=0", "an SDP session description"),
+               (b"# VobSub index file", "a VobSub subtitle index"), (b"MLVI", "an MLV recording"))
 # A single picture (FFmpeg's *_pipe image demuxers) or text rendered as frames (tty) gives a
 # "video" of one still, which is never what a video corpus meant to hold.
 _NOT_VIDEO_DEMUXERS = frozenset({"image2pipe", "tty"})
@@ -150,6 +153,8 @@ def _guarded_opener(path: str, refused: list, alias: str):
 def _check_file(path: str) -> None:
     """Fail with the real reason before FFmpeg turns it into "invalid data"."""
     if not os.path.exists(path):
+        if os.path.islink(path) and _is_link_loop(path):
+            raise VideoError("open", f"symlink loop: {path} -> {os.readlink(path)}")
         if os.path.islink(path):
             raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
         raise VideoError("open", f"file does not exist: {path}")
@@ -166,6 +171,14 @@ def _check_file(path: str) -> None:
         os.close(fd)
     if empty:
         raise VideoError("open", f"empty file (0 bytes): {path}")
+
+
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _reason(exc: Exception) -> str:
@@ -440,10 +453,14 @@ def assess(report: DecodeReport) -> Optional[tuple[str, str]]:
     return None
 
 
+CUT_SHORT = "a packet cut short (the file ends inside it)"
+
+
 def _decoded_frames(container, stream, report: DecodeReport):
     """Frames of `stream`, skipping packets the decoder rejects and stopping (with the
     decoder flushed) at a read error, as the ffmpeg CLI does."""
     packets = container.demux(stream)
+    seen_cut_short = False
     while True:
         try:
             packet = next(packets)
@@ -456,12 +473,23 @@ def _decoded_frames(container, stream, report: DecodeReport):
             break
         if packet.size:
             report.packets += 1
+        # A packet the demuxer could read only in part (the file ends inside it) is damage
+        # whatever the decoder makes of it: one decoder thread rejects it, frame threads
+        # take it without an error. Counted here, so the verdict is the same for both.
+        cut_short = bool(packet.size and packet.is_corrupt)
+        if cut_short:
+            report.first_error = report.first_error or CUT_SHORT
+            seen_cut_short = True
         try:
             frames = packet.decode()  # an empty packet flushes the decoder
         except av.error.FFmpegError as exc:
-            report.rejected += 1
+            # Frame threads report a packet's error on a later call. One on the flush after
+            # a packet cut short (always the file's last) is that packet's, counted already.
+            if packet.size or not seen_cut_short:
+                report.rejected += 1
             report.first_error = report.first_error or _reason(exc)
             continue
+        report.rejected += cut_short
         yield from frames
     try:  # the demuxer stopped before its final flush packet
         yield from stream.codec_context.decode(None)
@@ -473,20 +501,23 @@ Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the re
 
 
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0) -> Frames:
+           threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
         return (yield from decode_container(container, specs,
-                                            info or probe_container(container, path), threads))
+                                            info or probe_container(container, path), threads,
+                                            on_frame=on_frame))
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0) -> Frames:
+                     threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
     """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs;
     return a DecodeReport (`report = yield from decode_container(...)`).
 
     Frames of one branch come in time order. Raises VideoError when the graph fails.
+    `on_frame()` is called once per decoded frame, before any filtering: the heartbeat the
+    --video_timeout watch goes by (the graph may keep few of the frames).
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -500,6 +531,8 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     ready: list = []
     try:
         for frame in _decoded_frames(container, stream, report):
+            if on_frame is not None:
+                on_frame()
             report.frames += 1
             report.concealed += bool(frame.is_corrupt)
             if frame.pts is not None:
