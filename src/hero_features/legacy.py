@@ -65,7 +65,8 @@ def _prog(pipeline: str, script: str) -> str:
 # --- gather ---------------------------------------------------------------------------------
 
 def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
-    from .manifest import OutputCollisionError, Row, find_videos, is_complete, write_csv
+    from .manifest import (FolderScanError, OutputCollisionError, Row, find_videos,
+                           is_complete, write_csv)
     from .models import get_spec
 
     model = PIPELINES[pipeline][0]
@@ -86,7 +87,11 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--video_path {root} is not a folder")
     corrupted = _corrupted_ids(parser, args.corrupted_id_file)
     rows, owners, collisions = [], {}, []
-    for video in find_videos(root):
+    try:
+        videos = find_videos(root)
+    except FolderScanError as exc:
+        parser.error(str(exc))
+    for video in videos:
         relative = Path(os.path.relpath(video, root))
         output = features / relative.with_suffix(".npz")
         relative = relative.with_suffix("")
