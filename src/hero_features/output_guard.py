@@ -100,6 +100,12 @@ def check_csv_plan(plan: Sequence[Planned], output_dir: Path,
             # The path as written too: `.npz` appended, a csv naming a video or /etc/passwd
             # would write next to it, but such a csv is never what was meant.
             named = (row.named or {}).get(model, path)
+            long_part = name_too_long(path)
+            if long_part is not None:
+                problems.append(f"line {row.line}: the name {long_part[:40]}... is "
+                                f"{len(os.fsencode(long_part))} bytes, over the file "
+                                f"system's {NAME_MAX}-byte limit")
+                continue
             problem = None
             for candidate in dict.fromkeys([named, path]):
                 problem = _replaces(candidate, row, videos, video_ids)
@@ -113,12 +119,6 @@ def check_csv_plan(plan: Sequence[Planned], output_dir: Path,
             if owner is not row and owner.video != row.video:
                 problems.append(f"lines {owner.line} and {row.line} write the same feature "
                                 f"path {path}")
-                continue
-            long_part = name_too_long(path)
-            if long_part is not None:
-                problems.append(f"line {row.line}: the name {long_part[:40]}... is "
-                                f"{len(os.fsencode(long_part))} bytes, over the file "
-                                f"system's {NAME_MAX}-byte limit")
                 continue
             if not allow_outside and not inside(path, output_dir):
                 outside.append(row.line)

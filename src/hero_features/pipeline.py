@@ -172,7 +172,7 @@ class Extractor:
         except (RuntimeError, MemoryError) as exc:  # torch: "can't allocate memory"
             size = self.batch_size * int(np.prod(key[1]))
             raise BatchMemoryError(
-                f"cannot allocate a {size / 2**30:.1f} GiB input buffer for one {key[0]} "
+                f"cannot allocate a {size / 2**20:,.0f} MiB input buffer for one {key[0]} "
                 f"batch of --batch_size {self.batch_size} ({short_reason(exc)}); use a "
                 f"smaller --batch_size") from None
 
