@@ -433,7 +433,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_gather(args) -> int:
-    from .manifest import FolderScanError, OutputCollisionError, find_videos, gather
+    from .manifest import FolderScanError, OutputCollisionError, gather
     from .models import MODEL_IDS, get_spec
     from .outputs import ensure_writable_dir
 
@@ -446,9 +446,8 @@ def cmd_gather(args) -> int:
         raise _output_dir_error(args.output_dir, exc) from None
     unfollowed: list = []
     try:
-        find_videos(args.video_path, skipped=unfollowed)  # to name the links; cheap next to
-        written = gather(args.video_path, args.output_dir, models,  # the gather's own scan
-                         {m: get_spec(m).dim for m in models})
+        written = gather(args.video_path, args.output_dir, models,
+                         {m: get_spec(m).dim for m in models}, skipped=unfollowed)
     except (OutputCollisionError, FolderScanError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:  # the csv folder, not the output folder, cannot be written

@@ -445,19 +445,20 @@ def _is_float16(dtype: np.dtype) -> bool:
 # --- the gather step ------------------------------------------------------------------------
 
 def gather(
-    video_root: Path, output_dir: Path, models: Sequence[str], dims: Mapping[str, int]
+    video_root: Path, output_dir: Path, models: Sequence[str], dims: Mapping[str, int],
+    skipped: Optional[list] = None,
 ) -> dict[str, Path]:
     """Write ``OUT/csv/<model>_info.csv`` per model, listing the videos still to extract.
 
     Every model is planned before any csv is written, so a collision or an unknown model
-    leaves the output folder untouched.
+    leaves the output folder untouched. ``skipped`` gets the folder links not followed.
     """
     video_root, output_dir = Path(video_root), Path(output_dir)
     models = list(dict.fromkeys(models))
     missing_dims = [model for model in models if model not in dims]
     if missing_dims:
         raise KeyError(f"no feature dimension given for model(s): {', '.join(missing_dims)}")
-    videos = find_videos(video_root)
+    videos = find_videos(video_root, skipped)
     plans = {model: plan_rows(videos, video_root, output_dir, model) for model in models}
     written: dict[str, Path] = {}
     for model, rows in plans.items():

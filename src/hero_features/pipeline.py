@@ -413,7 +413,10 @@ def load_models(config: RunConfig, device: torch.device) -> dict:
     built = {}
     for name in config.models:
         spec = get_spec(name)
-        path = config.checkpoints.get(name) or config.checkpoint
+        # The file the command line hashed for the records; on another node of a Ray cluster
+        # that path may not exist, and the node looks the checkpoint up itself.
+        hashed = config.checkpoints.get(name)
+        path = hashed if hashed is not None and Path(hashed).is_file() else config.checkpoint
         try:
             path = resolve_checkpoint(spec.checkpoint, config.weights_dir, path,
                                       download=config.download)
