@@ -185,6 +185,25 @@ def test_an_existing_thing_at_a_feature_path_is_never_replaced(tmp_path, clip, m
     assert status == 2 and "line 2" in err and why in err, err
 
 
+def test_what_counts_as_a_features_file(tmp_path):
+    from hero_features.manifest import is_features_file
+
+    whole = tmp_path / "whole.npz"
+    write_features(whole, np.zeros((3, 2048), np.float16), {"model": "resnet"})
+    np.savez(tmp_path / "reference.npz", features=np.zeros((3, 2048), np.float16))
+    (tmp_path / "cut.npz").write_bytes(whole.read_bytes()[:100])  # a crashed copy: redone
+    np.savez(tmp_path / "two.npz", features=np.zeros(2), labels=np.zeros(2))
+    # Cut short, a file is judged by its first member: this one cannot be told from a
+    # features file cut short (and is broken either way).
+    (tmp_path / "two_cut.npz").write_bytes((tmp_path / "two.npz").read_bytes()[:-30])
+    np.savez(tmp_path / "other.npz", weights=np.zeros(2))
+    (tmp_path / "other_cut.npz").write_bytes((tmp_path / "other.npz").read_bytes()[:100])
+    (tmp_path / "text").write_text("root:x:0:0\n")
+    (tmp_path / "empty").write_bytes(b"")
+    assert [name for name in sorted(os.listdir(tmp_path)) if is_features_file(tmp_path / name)] \
+        == ["cut.npz", "reference.npz", "two_cut.npz", "whole.npz"]
+
+
 def test_feature_paths_outside_output_dir_need_the_opt_in(tmp_path, clip, cached_models,
                                                           synthetic_checkpoints, capsys):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"

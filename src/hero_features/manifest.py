@@ -413,14 +413,26 @@ def _complete_features_record(path: Path, dim: int):
 
 
 def is_features_file(path: Path) -> bool:
-    """True when ``path`` is a zip holding only ``features.npy``: a file np.savez(path,
-    features=...) could have written, so one an extraction may replace. Anything else at
-    an output path (a video, a config file, a folder) is not ours to overwrite."""
+    """True when ``path`` is a file np.savez(path, features=...) could have written, so one
+    an extraction may replace: a zip holding only ``features.npy``, or one cut short (a
+    crashed or interrupted copy) that begins with that member. Anything else at an output
+    path (a video, a config file, an npz of other arrays) is not ours to overwrite."""
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.namelist() == [_FEATURES_MEMBER]
+    except zipfile.BadZipFile:
+        pass
     except Exception:
         return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(30 + len(_FEATURES_MEMBER))
+    except OSError:
+        return False
+    # A local file header (APPNOTE 4.3.7): signature, ..., name length at 26, name at 30.
+    return (head[:4] == b"PK\x03\x04"
+            and int.from_bytes(head[26:28], "little") == len(_FEATURES_MEMBER)
+            and head[30:] == _FEATURES_MEMBER.encode())
 
 
 _NPY_HEADER_READERS = {

@@ -60,8 +60,8 @@ def name_too_long(path: Path, limit: int = NAME_MAX) -> Optional[str]:
 
 
 def existing_problem(path: Path) -> Optional[str]:
-    """Why an existing `path` must not be replaced by an output; None when nothing is there
-    or it is a features file (a .npz holding only `features`) or a dangling link."""
+    """Why an existing `path` must not be replaced by an output; None when nothing is there,
+    a dangling link, or a features file (manifest.is_features_file: whole or cut short)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -73,7 +73,7 @@ def existing_problem(path: Path) -> Optional[str]:
     if not stat.S_ISREG(mode):
         return "exists and is not a regular file"
     if not is_features_file(path):
-        return "exists and is not a features file (a .npz holding only `features`)"
+        return "exists and is not a features file (a .npz of `features` alone)"
     return None
 
 
