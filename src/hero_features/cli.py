@@ -275,6 +275,51 @@ def _records(args, models: list[str], checkpoint: Optional[Path], clip_len: Frac
     return paths, records
 
 
+def _still_to_do(jobs: list, records: dict, overwrite: bool, refused_ids: set, summary) -> list:
+    """The jobs with outputs left to write (each job keeps only those), counting the
+    skipped in `summary`. Refuses the run when a finished output was made with other
+    settings (docs/reliability.md, "What made an output")."""
+    from .manifest import MISSING, OTHER_SETTINGS, UNRECORDED, output_status
+    from .models import get_spec
+
+    todo, seen, unrecorded, other_settings = [], set(), 0, []
+    for job in jobs:
+        key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
+        if key in seen:  # the reference's gather could list a video twice
+            summary.videos -= 1
+            continue
+        seen.add(key)
+        if id(job.outputs) in refused_ids:
+            continue  # logged as failed once the failure log can be written
+        if not overwrite:
+            left = {}
+            for model, path in job.outputs.items():
+                status, differences = output_status(path, get_spec(model).dim, records[model])
+                if status == UNRECORDED:
+                    unrecorded += 1
+                elif status == OTHER_SETTINGS:
+                    other_settings.append((path, differences))
+                    left[model] = path
+                elif status == MISSING:
+                    left[model] = path
+            job.outputs = left
+        if job.outputs:
+            todo.append(job)
+        else:
+            summary.skipped += 1
+    if other_settings:
+        path, differences = other_settings[0]
+        raise UsageError(f"{len(other_settings)} finished output(s) were made with other "
+                         f"settings, e.g. {path}: {', '.join(differences)}; they are kept. "
+                         f"Rerun with --overwrite to redo them with these settings, or use "
+                         f"another --output_dir")
+    if unrecorded:
+        print(f"note: {unrecorded} finished output(s) carry no record of the settings that "
+              f"made them (written by the reference or an older hero-features); they are "
+              f"kept as done (--overwrite redoes them)", file=sys.stderr)
+    return todo
+
+
 def _output_dir_error(folder: Path, exc: OSError) -> UsageError:
     return UsageError(f"cannot write to --output_dir {folder}: {exc.strerror or exc}")
 
@@ -282,7 +327,6 @@ def _output_dir_error(folder: Path, exc: OSError) -> UsageError:
 def cmd_extract(args) -> int:
     from .distributed import (RayOptions, StartupError, parse_shard, resolve_gpus,
                               run_multi_device, run_ray, select_shard)
-    from .manifest import MISSING, OTHER_SETTINGS, UNRECORDED, output_status
     from .models import get_spec
     from .output_guard import Planned, folder_plan_problems
     from .outputs import FailureLog, Summary, ensure_writable_dir
@@ -339,41 +383,7 @@ def cmd_extract(args) -> int:
     refused_ids = {id(row.outputs) for row, _ in refused}
     checkpoints, records = _records(args, models, checkpoint, clip_len) if jobs else ({}, {})
     summary = Summary(videos=len(jobs))
-    todo, seen, unrecorded, other_settings = [], set(), 0, []
-    for job in jobs:
-        key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
-        if key in seen:  # the reference's gather could list a video twice
-            summary.videos -= 1
-            continue
-        seen.add(key)
-        if id(job.outputs) in refused_ids:
-            continue  # logged as failed below, once the failure log can be written
-        if not args.overwrite:
-            left = {}
-            for model, path in job.outputs.items():
-                status, differences = output_status(path, get_spec(model).dim, records[model])
-                if status == UNRECORDED:
-                    unrecorded += 1
-                elif status == OTHER_SETTINGS:
-                    other_settings.append((path, differences))
-                    left[model] = path
-                elif status == MISSING:
-                    left[model] = path
-            job.outputs = left
-        if job.outputs:
-            todo.append(job)
-        else:
-            summary.skipped += 1
-    if other_settings:
-        path, differences = other_settings[0]
-        raise UsageError(f"{len(other_settings)} finished output(s) were made with other "
-                         f"settings, e.g. {path}: {', '.join(differences)}; they are kept. "
-                         f"Rerun with --overwrite to redo them with these settings, or use "
-                         f"another --output_dir")
-    if unrecorded:
-        print(f"note: {unrecorded} finished output(s) carry no record of the settings that "
-              f"made them (written by the reference or an older hero-features); they are "
-              f"kept as done (--overwrite redoes them)", file=sys.stderr)
+    todo = _still_to_do(jobs, records, args.overwrite, refused_ids, summary)
 
     config = RunConfig(
         models=models, clip_len=clip_len, batch_size=args.batch_size,
