@@ -119,10 +119,10 @@ def worker_dying_on_b(slot, device, config, conn, log_path, threads):
     distributed._worker_main(slot, device, config, _DieOnTaking(conn), log_path, threads)
 
 
-def produce_dying_on_c(video_id, path, groups, settings, active=None):
+def produce_dying_on_c(video_id, path, groups, settings, active=None, on_frame=None):
     if Path(path).name == RAY_DIES_ON:
         os._exit(DEATH_CODE)
-    yield from produce(video_id, path, groups, settings, active)
+    yield from produce(video_id, path, groups, settings, active, on_frame=on_frame)
 
 
 def assert_matches(out: Path, expected: dict, names) -> None:

@@ -2,18 +2,22 @@
 wiring only.
 
 Exit status: 0 every video done, 1 some videos failed (the others finished), 2 the run could
-not start (bad flags, unreadable csv, missing checkpoint).
+not start (bad flags, unreadable csv, missing checkpoint), 128 + N stopped by signal N (130
+Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_CLIP_LEN = 3600  # seconds per feature row; beyond an hour a row describes nothing
 
 
 class UsageError(Exception):
@@ -83,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "one); outputs must be on shared storage (docs/scaling.md)")
     e.add_argument("--weights_dir", "--weights-dir", type=Path, help=_WEIGHTS_DIR_HELP)
     e.add_argument("--checkpoint", type=Path, help="checkpoint file (one model only)")
-    e.add_argument("--overwrite", action="store_true", help="redo videos whose output exists")
+    e.add_argument("--overwrite", action="store_true",
+                   help="redo videos whose output exists (also those made with other settings, "
+                        "which are otherwise refused)")
+    e.add_argument("--allow_outside_output_dir", "--allow-outside-output-dir",
+                   action="store_true",
+                   help="let the csv's feature paths lie outside --output_dir (refused "
+                        "otherwise, so a csv cannot write anywhere it likes)")
     e.add_argument("--target_framerate", "--target-framerate", type=int, default=30,
                    help="decode rate of the clip models (slowfast, mil-nce)")
     e.add_argument("--min_num_features", "--min-num-features", type=int, default=1,
@@ -96,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--half_precision", "--half-precision", type=int, default=1, choices=[1],
                    help="accepted for the reference's commands; outputs are float16")
     e.add_argument("--video_timeout", "--video-timeout", type=float, default=300.0,
-                   help="seconds a video may go without producing a frame before its decode "
-                        "worker is killed and the video logged as failed (0 = no limit; needs "
-                        "--num_decoding_thread >= 1)")
+                   help="seconds the decoder of a video may go without decoding a frame "
+                        "before the video is logged as failed and its decode worker killed "
+                        "(with --num_decoding_thread 0: its decode thread abandoned); 0 = no "
+                        "limit")
     e.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp32: the reference's precision (CLIP in fp16 on CUDA, as the "
                         "reference ran it); fp16/bf16: autocast every model, faster, parity "
@@ -194,22 +205,29 @@ def _slowfast_opts(opts: Sequence[str]) -> Optional[Path]:
     return checkpoint
 
 
-def _jobs_from_csv(csv_file: Path, models: list[str]):
+def _jobs_from_csv(csv_file: Path, models: list[str], output_dir: Path,
+                   allow_outside: bool = False):
+    """The csv's jobs, checked as a whole before anything is decoded (output_guard)."""
     from .manifest import ManifestError, read_csv
+    from .output_guard import Planned, check_csv_plan, npz_path, one_line
     from .pipeline import Job
 
     try:
         rows = read_csv(csv_file)
     except (OSError, ManifestError) as exc:
         raise UsageError(f"cannot read {csv_file}: {exc}") from None
-    jobs = []
+    plan = []
     for row in rows:
-        outputs = {}
-        for model in models:
-            outputs[model] = row.feature_path if len(models) == 1 else \
-                _sibling_feature_path(row.feature_path, model)
-        jobs.append(Job(row.video_path, outputs))
-    return jobs
+        named = {model: row.feature_path if len(models) == 1 else
+                 _sibling_feature_path(row.feature_path, model) for model in models}
+        # .npz appended where the reference's np.savez appended it
+        outputs = {model: npz_path(path) for model, path in named.items()}
+        plan.append(Planned(row.line, row.video_path, outputs, named))
+    problems = check_csv_plan(plan, output_dir, allow_outside)
+    if problems:
+        raise UsageError(f"{csv_file} cannot be used as it is (nothing was decoded): "
+                         f"{one_line(problems)}")
+    return [Job(row.video, dict(row.outputs)) for row in plan]
 
 
 def _sibling_feature_path(path: Path, model: str) -> Path:
@@ -226,13 +244,19 @@ def _sibling_feature_path(path: Path, model: str) -> Path:
                      f"<model>_features folder; {path} does not")
 
 
-def _jobs_from_folder(video_root: Path, output_dir: Path, models: list[str]):
-    from .manifest import OutputCollisionError, feature_path, find_videos, plan_rows
+def _jobs_from_folder(video_root: Path, output_dir: Path, models: list[str],
+                      unfollowed: Optional[list] = None):
+    from .manifest import (FolderScanError, OutputCollisionError, feature_path, find_videos,
+                           plan_rows)
     from .pipeline import Job
 
     if not video_root.is_dir():
         raise UsageError(f"--video_path {video_root} is not a folder")
-    videos = find_videos(video_root)
+    try:
+        videos = find_videos(video_root, skipped=unfollowed)
+    except FolderScanError as exc:
+        raise UsageError(f"{exc}; nothing was decoded (a folder left out would drop its "
+                         f"videos unsaid)") from None
     if not videos:
         raise UsageError(_no_videos(video_root))
     try:
@@ -281,14 +305,116 @@ def _pick_device(name: Optional[str]):
     return device
 
 
+def _check_numbers(args, clip_len: Fraction, specs) -> None:
+    """Values argparse lets through but no run can use, refused before anything starts."""
+    timeout = args.video_timeout
+    if not math.isfinite(timeout) or timeout < 0:
+        raise UsageError(f"--video_timeout must be a number of seconds >= 0 (0 = no limit), "
+                         f"got {timeout:g}")
+    shortest = Fraction(1, args.target_framerate)
+    if not shortest <= clip_len <= MAX_CLIP_LEN:
+        raise UsageError(f"--clip_len must be between 1/{args.target_framerate} s (one frame "
+                         f"at the {args.target_framerate} fps decode rate) and {MAX_CLIP_LEN} "
+                         f"s, got {args.clip_len}")
+    # One batch's input buffer alone (each unit at least size x size x 3 bytes) must fit in
+    # the machine's memory: otherwise the first batch fails in the allocator.
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    for spec in specs:
+        unit = (32 if spec.unit == "clip" else 1) * spec.size * spec.size * 3
+        need = args.batch_size * unit
+        if need > memory:
+            raise UsageError(f"--batch_size {args.batch_size} needs at least "
+                             f"{need / 2**30:,.0f} GiB for one {spec.name} input batch "
+                             f"({args.batch_size} x {unit / 2**20:.2f} MiB); this machine has "
+                             f"{memory / 2**30:.1f} GiB of memory")
+
+
+def _records(args, models: list[str], checkpoint: Optional[Path], clip_len: Fraction) -> tuple:
+    """(model -> checkpoint path, model -> record of what makes its outputs)."""
+    from .models import get_spec
+    from .outputs import make_record
+    from .weights import WeightsError, checkpoint_sha256, resolve_checkpoint
+
+    paths, records = {}, {}
+    for model in models:
+        spec = get_spec(model)
+        try:
+            paths[model] = resolve_checkpoint(spec.checkpoint, args.weights_dir, checkpoint,
+                                              download=not args.no_download)
+            sha256 = checkpoint_sha256(paths[model])
+        except WeightsError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read the checkpoint {paths.get(model)}: "
+                             f"{exc.strerror or exc}") from None
+        records[model] = make_record(model, clip_len, sha256, args.precision,
+                                     clip_model=spec.unit == "clip",
+                                     target_fps=args.target_framerate,
+                                     min_num_features=args.min_num_features)
+    return paths, records
+
+
+def _still_to_do(jobs: list, records: dict, overwrite: bool, refused_ids: set, summary) -> list:
+    """The jobs with outputs left to write (each job keeps only those), counting the
+    skipped in `summary`. Refuses the run when a finished output was made with other
+    settings (docs/reliability.md, "What made an output")."""
+    from .manifest import MISSING, OTHER_SETTINGS, UNRECORDED, output_status
+    from .models import get_spec
+
+    todo, seen, unrecorded, other_settings = [], set(), 0, []
+    for job in jobs:
+        key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
+        if key in seen:  # the reference's gather could list a video twice
+            summary.videos -= 1
+            continue
+        seen.add(key)
+        if id(job.outputs) in refused_ids:
+            continue  # logged as failed once the failure log can be written
+        if not overwrite:
+            left = {}
+            for model, path in job.outputs.items():
+                status, differences = output_status(path, get_spec(model).dim, records[model])
+                if status == UNRECORDED:
+                    unrecorded += 1
+                elif status == OTHER_SETTINGS:
+                    other_settings.append((path, differences))
+                    left[model] = path
+                elif status == MISSING:
+                    left[model] = path
+            job.outputs = left
+        if job.outputs:
+            todo.append(job)
+        else:
+            summary.skipped += 1
+    if other_settings:
+        path, differences = other_settings[0]
+        raise UsageError(f"{len(other_settings)} finished output(s) were made with other "
+                         f"settings, e.g. {path}: {', '.join(differences)}; they are kept. "
+                         f"Rerun with --overwrite to redo them with these settings, or use "
+                         f"another --output_dir")
+    if unrecorded:
+        print(f"note: {unrecorded} finished output(s) carry no record of the settings that "
+              f"made them (written by the reference or an older hero-features); they are "
+              f"kept as done (--overwrite redoes them)", file=sys.stderr)
+    return todo
+
+
+def _output_dir_error(folder: Path, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write to --output_dir {folder}: {exc.strerror or exc}")
+
+
 def cmd_extract(args) -> int:
     from .distributed import (RayOptions, StartupError, parse_shard, resolve_gpus,
                               run_multi_device, run_ray, select_shard)
-    from .manifest import is_complete
     from .models import get_spec
+    from .output_guard import Planned, folder_plan_problems
     from .outputs import FailureLog, Summary, ensure_writable_dir
-    from .pipeline import RunConfig, run_on_device
+    from .pipeline import BatchMemoryError, RunConfig, run_on_device
     from .sampling import ClipSampler, parse_clip_len
+    from .signals import Interrupted, exit_status
     from .weights import WeightsError
 
     models = _model_list(args.model)
@@ -305,6 +431,7 @@ def cmd_extract(args) -> int:
             or args.min_num_features < 1:
         raise UsageError("--batch_size, --target_framerate and --min_num_features must be "
                          ">= 1 and --num_decoding_thread >= 0")
+    _check_numbers(args, clip_len, [get_spec(m) for m in models])
     if args.dataflow:
         print("note: --dataflow has no effect; decoding always streams through worker "
               "processes", file=sys.stderr)
@@ -324,25 +451,21 @@ def cmd_extract(args) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    jobs = (_jobs_from_csv(args.csv, models) if args.csv
-            else _jobs_from_folder(args.video_path, args.output_dir, models))
+    unfollowed: list = []
+    jobs = (_jobs_from_csv(args.csv, models, args.output_dir, args.allow_outside_output_dir)
+            if args.csv else _jobs_from_folder(args.video_path, args.output_dir, models,
+                                               unfollowed))
+    for link in unfollowed:
+        print(f"note: not following the folder link {link} (its videos are not extracted; "
+              f"pass its target as --video_path to extract them)", file=sys.stderr)
     if shard is not None:
         jobs = select_shard(jobs, *shard, root=None if args.csv else args.video_path)
+    refused = [] if args.csv else folder_plan_problems(
+        Planned(0, job.video_path, job.outputs) for job in jobs)
+    refused_ids = {id(row.outputs) for row, _ in refused}
+    checkpoints, records = _records(args, models, checkpoint, clip_len) if jobs else ({}, {})
     summary = Summary(videos=len(jobs), shard=args.shard or "")
-    todo, seen = [], set()
-    for job in jobs:
-        key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
-        if key in seen:  # the reference's gather could list a video twice
-            summary.videos -= 1
-            continue
-        seen.add(key)
-        if not args.overwrite:
-            job.outputs = {m: p for m, p in job.outputs.items()
-                           if not is_complete(p, get_spec(m).dim)}
-        if job.outputs:
-            todo.append(job)
-        else:
-            summary.skipped += 1
+    todo = _still_to_do(jobs, records, args.overwrite, refused_ids, summary)
 
     config = RunConfig(
         models=models, clip_len=clip_len, batch_size=args.batch_size,
@@ -350,7 +473,8 @@ def cmd_extract(args) -> int:
         min_num_features=args.min_num_features, weights_dir=args.weights_dir,
         checkpoint=checkpoint, download=not args.no_download,
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
-        progress=not args.no_progress, precision=args.precision)
+        progress=not args.no_progress, precision=args.precision, checkpoints=checkpoints,
+        records=records)
     try:
         if todo:  # before the output folder is made: a run that cannot start leaves nothing
             _check_checkpoints(config)
@@ -359,9 +483,12 @@ def cmd_extract(args) -> int:
     try:
         ensure_writable_dir(args.output_dir)
     except OSError as exc:
-        raise UsageError(f"cannot write to --output_dir {args.output_dir}: "
-                         f"{exc.strerror or exc}") from None
+        raise _output_dir_error(args.output_dir, exc) from None
     failures = FailureLog(args.output_dir)
+    for row, reason in refused:
+        for model in row.outputs:
+            failures.record(row.video, model, "write", reason)
+        summary.failed += 1
     try:
         if todo and gpus is not None:
             run_multi_device(config, gpus, todo, summary, failures)
@@ -371,12 +498,18 @@ def cmd_extract(args) -> int:
             run_on_device(config, device, todo, summary, failures)
     except (WeightsError, StartupError) as exc:
         raise UsageError(str(exc)) from None
-    except KeyboardInterrupt:
+    except BatchMemoryError as exc:
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt as exc:
         # Finished videos are complete files; the rest are redone by a rerun.
         for line in summary.lines():
             print(line, file=sys.stderr)
-        print("hero-features: interrupted; rerun the same command to finish", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        why = f" by {exc.args[0]}" if isinstance(exc, Interrupted) and exc.args else ""
+        print(f"hero-features: interrupted{why}; rerun the same command to finish",
+              file=sys.stderr)
+        return exit_status(exc)
     except OSError as exc:  # output disk full / read-only / quota: nothing more can land
         for line in summary.lines():
             print(line, file=sys.stderr)
@@ -386,6 +519,10 @@ def cmd_extract(args) -> int:
         return EXIT_FAILED_VIDEOS
     for line in summary.lines():
         print(line, file=sys.stderr)
+    if unfollowed:
+        print(f"  {len(unfollowed)} folder link(s) not followed, their videos not extracted: "
+              f"{', '.join(map(str, unfollowed[:5]))}{' ...' if len(unfollowed) > 5 else ''}",
+              file=sys.stderr)
     if summary.failed:
         print(f"failures are listed in {failures.path}", file=sys.stderr)
         return EXIT_FAILED_VIDEOS
@@ -393,8 +530,9 @@ def cmd_extract(args) -> int:
 
 
 def cmd_gather(args) -> int:
-    from .manifest import OutputCollisionError, find_videos, gather
+    from .manifest import FolderScanError, OutputCollisionError, find_videos, gather
     from .models import MODEL_IDS, get_spec
+    from .outputs import ensure_writable_dir
 
     models = _model_list(args.model) or list(MODEL_IDS)
     if not args.video_path.is_dir():
@@ -402,16 +540,30 @@ def cmd_gather(args) -> int:
     # Absolute paths, as the reference's csvs had: `extract --csv` may run from anywhere.
     video_root = Path(os.path.abspath(args.video_path))
     output_dir = Path(os.path.abspath(args.output_dir))
-    videos = find_videos(video_root)
+    unfollowed: list = []
+    try:
+        videos = find_videos(video_root, skipped=unfollowed)
+    except FolderScanError as exc:
+        raise UsageError(str(exc)) from None
     if not videos:
         raise UsageError(_no_videos(args.video_path))
     try:
+        ensure_writable_dir(args.output_dir)
+    except OSError as exc:
+        raise _output_dir_error(args.output_dir, exc) from None
+    try:
         written = gather(video_root, output_dir, models,
                          {m: get_spec(m).dim for m in models}, videos=videos)
-    except OutputCollisionError as exc:
+    except (OutputCollisionError, FolderScanError) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # the csv folder, not the output folder, cannot be written
+        raise UsageError(f"cannot write the csv under --output_dir {args.output_dir}: "
+                         f"{exc.strerror or exc}") from None
     for model, path in written.items():
         print(f"{model}: {path}")
+    for link in unfollowed:
+        print(f"note: not following the folder link {link} (its videos are not listed; "
+              f"pass its target as --video_path to list them)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -529,17 +681,20 @@ def _return_freed_batches_to_the_os() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .signals import exit_status, stop_on_signals
+
     args = build_parser().parse_args(argv)
     if args.command == "extract":
         _return_freed_batches_to_the_os()
-    try:
-        return COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"hero-features: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("hero-features: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with stop_on_signals():  # SIGTERM and SIGHUP stop a run as Ctrl-C does
+        try:
+            return COMMANDS[args.command](args)
+        except UsageError as exc:
+            print(f"hero-features: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt as exc:
+            print("hero-features: interrupted", file=sys.stderr)
+            return exit_status(exc)
 
 
 if __name__ == "__main__":

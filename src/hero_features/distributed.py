@@ -287,6 +287,17 @@ class _Channel:
 
 def _worker_main(slot: int, device: str, config: RunConfig, conn, log_path: Path,
                  cpu_threads: Optional[int]) -> None:
+    from .signals import stop_on_signals
+
+    # A SIGTERM to every process (SLURM's scancel) stops this worker as the SIGINT its parent
+    # forwards does: what is finished is written, its decode workers and their shared memory
+    # are cleaned up.
+    with stop_on_signals():
+        _device_worker(slot, device, config, conn, log_path, cpu_threads)
+
+
+def _device_worker(slot: int, device: str, config: RunConfig, conn, log_path: Path,
+                   cpu_threads: Optional[int]) -> None:
     import torch
 
     from .pipeline import run_on_device
@@ -386,6 +397,9 @@ def run_multi_device(config: RunConfig, devices: Sequence[str], jobs: Iterable[J
     ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA state
     workers: list[_Worker] = []
     threads = cpu_threads(devices)
+    from .signals import start_resource_tracker
+
+    start_resource_tracker()  # shared with the workers' decode pools: see signals.py
     try:
         for slot, device in enumerate(devices):
             mine, theirs = ctx.Pipe(duplex=True)
@@ -675,7 +689,8 @@ class _StallWatch:
 
 def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Group],
                settings: Settings, batch_size: int, actors: list,
-               video_timeout: Optional[float] = None, produce_fn: Callable = produce) -> dict:
+               video_timeout: Optional[float] = None, records: Optional[dict] = None,
+               produce_fn: Callable = produce) -> dict:
     """One video on a CPU: decode with `produce_fn` (producer.produce), send batches of units
     to the model actors (taking turns), put the rows back in order and write the outputs. Its
     arguments are plain or torch-free types, so unpickling them imports no torch."""
@@ -714,7 +729,8 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Grou
 
     watch = _StallWatch(video_timeout, video_path)
     try:
-        for message in produce_fn(index, video_path, groups, settings, active):
+        for message in produce_fn(index, video_path, groups, settings, active,
+                                  on_frame=watch.tick):
             watch.tick()
             kind = message[0]
             if kind == "units":
@@ -747,7 +763,7 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Grou
             if not parts:
                 return failed("decode", f"{model}: no feature rows (no frames or clips decoded)")
             features = np.concatenate([rows for _, rows in parts])
-            write_features(Path(path), features)
+            write_features(Path(path), features, (records or {}).get(model))
             written[model] = len(features)
     except OSError as exc:
         return failed("write", f"{type(exc).__name__}: {exc}")
@@ -813,7 +829,7 @@ def run_ray(config: RunConfig, jobs: Iterable[Job], summary: Summary, failures: 
                 outputs = {model: str(path) for model, path in job.outputs.items()}
                 in_flight[task.remote(index, str(job.video_path), outputs, groups,
                                       config.settings, config.batch_size, actors,
-                                      config.video_timeout, produce_fn)] = job
+                                      config.video_timeout, config.records, produce_fn)] = job
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 job = in_flight.pop(ref)

@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .record import read_record
+from .outputs import read_record
 
 TARGET_FPS = 30  # the clip models' decode rate (--target_framerate's default)
 

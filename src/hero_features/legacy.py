@@ -66,7 +66,8 @@ def _prog(pipeline: str, script: str) -> str:
 # --- gather ---------------------------------------------------------------------------------
 
 def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
-    from .manifest import OutputCollisionError, Row, find_videos, is_complete, write_csv
+    from .manifest import (FolderScanError, OutputCollisionError, Row, find_videos,
+                           is_complete, write_csv)
     from .models import get_spec
 
     model = PIPELINES[pipeline][0]
@@ -93,6 +94,10 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
     if not videos:
         parser.error(f"no videos found under {args.video_path} (searched every sub-folder)")
     rows, owners, collisions = [], {}, []
+    try:
+        videos = find_videos(root)
+    except FolderScanError as exc:
+        parser.error(str(exc))
     for video in videos:
         relative = Path(os.path.relpath(video, root))
         output = features / relative.with_suffix(".npz")

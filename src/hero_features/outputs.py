@@ -1,35 +1,140 @@
-"""Atomic feature files, the failure log, and the run summary."""
+"""Atomic feature files and the record of what made them, the failure log, the run summary."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 
 FAILURE_LOG = "failed.jsonl"
+NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs, tmpfs, NFS)
+
+# The record of what made an output is the zip archive's comment: np.load, HERO's loaders
+# and compare.py read only the `features` member and never see it, it is renamed into place
+# together with the features (it can never describe another file's settings), and
+# manifest.is_complete reads it with the zip directory it opens anyway. See
+# docs/reliability.md ("What made an output").
+RECORD_MAGIC = b"hero-features record 1\n"
+# Fields that say which features a file holds; a record that differs in one of them was made
+# with other settings. The package version is kept for provenance only.
+RECORD_SETTINGS = ("model", "clip_len", "checkpoint_sha256", "precision", "target_fps",
+                   "min_num_features")
+# Zip entries carry a modification time; a fixed one (the zip epoch) makes two runs with the
+# same settings write byte-identical files. The file's own mtime still says when.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_ZIP_EPOCH_DOS = bytes([0, 0, 0x21, 0])  # DOS time 00:00:00, date 1980-01-01, little-endian
 
 
-def write_features(path: Path, features: np.ndarray) -> None:
-    """np.savez(path, features=...) written to a temporary name in the same folder, flushed
-    to disk and renamed, so a crash never leaves a partial .npz under the final name.
+def fitted_name(prefix: str, name: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """prefix + name + suffix, with `name` shortened (from its end, on a character boundary)
+    so that the whole fits in `limit` bytes: a temporary name must never be what makes a
+    write fail. Names that are not UTF-8 keep their bytes (surrogateescape)."""
+    room = limit - len(os.fsencode(prefix + suffix))
+    encoded = os.fsencode(name)
+    if len(encoded) <= room:
+        return prefix + name + suffix
+    cut = encoded[:room - 1]  # one byte left for the "~" that marks the cut
+    try:
+        name.encode("utf-8")
+        short = cut.decode("utf-8", "ignore")  # drops a character cut in half
+    except UnicodeEncodeError:  # not UTF-8 to begin with: the bytes stay as they are
+        short = os.fsdecode(cut)
+    return prefix + short + "~" + suffix
 
-    A run killed mid-write leaves only a hidden `.<name>.<random>.tmp`, which nothing counts
-    as an output (manifest.is_complete wants the final `.npz` name).
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden, unique temporary name next to `path`, within the file-name limit."""
+    path = Path(path)
+    return path.with_name(fitted_name(".", path.name,
+                                      f".{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+
+
+def make_record(model: str, clip_len, checkpoint_sha256: str, precision: str, *,
+                clip_model: bool, target_fps: int = 30, min_num_features: int = 1) -> dict:
+    """What made an output: every setting that changes its features, and the version."""
+    from . import __version__
+
+    record = {"model": model, "clip_len": str(clip_len),
+              "checkpoint_sha256": checkpoint_sha256, "precision": precision,
+              "hero_features": __version__}
+    if clip_model:  # the frame models (resnet, clip) never look at these
+        record.update(target_fps=int(target_fps), min_num_features=int(min_num_features))
+    return record
+
+
+def record_differences(found: Mapping, expected: Mapping) -> list[str]:
+    """The settings in which an output's record differs from this run's, e.g.
+    ['clip_len 2 (now 3/2)']; [] when it was made with the same settings."""
+    return [f"{key} {found.get(key, 'unset')} (now {expected.get(key, 'unset')})"
+            for key in RECORD_SETTINGS if found.get(key) != expected.get(key)]
+
+
+def _record_bytes(record: Optional[Mapping]) -> bytes:
+    if record is None:
+        return b""
+    return RECORD_MAGIC + json.dumps(dict(record), sort_keys=True,
+                                     separators=(",", ":")).encode("ascii")
+
+
+def record_from_comment(comment: bytes) -> Optional[dict]:
+    if not comment.startswith(RECORD_MAGIC):
+        return None
+    try:
+        record = json.loads(comment[len(RECORD_MAGIC):].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_record(path: Path) -> Optional[dict]:
+    """The record of what made the output at `path` (model, clip_len, checkpoint_sha256,
+    precision, hero_features version, and target_fps / min_num_features for the clip
+    models), or None: no record (written by the reference or a version before records),
+    not a zip, or unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return record_from_comment(archive.comment)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def _seal(f, record: Optional[Mapping]) -> None:
+    """Give the npz np.savez just wrote into `f` fixed entry times and the record."""
+    f.seek(0)
+    with zipfile.ZipFile(f, "a") as archive:
+        for info in archive.infolist():
+            info.date_time = _ZIP_EPOCH  # the central directory's copy, rewritten on close
+            f.seek(info.header_offset + 10)  # the local header's copy (APPNOTE 4.3.7)
+            f.write(_ZIP_EPOCH_DOS)
+        archive.comment = _record_bytes(record)  # marks the archive modified: rewritten
+
+
+def write_features(path: Path, features: np.ndarray, record: Optional[Mapping] = None) -> None:
+    """np.savez(path, features=...) written to a temporary name in the same folder, sealed
+    with `record` (see read_record), flushed to disk and renamed, so a crash never leaves a
+    partial .npz under the final name.
+
+    A run killed mid-write leaves only a hidden `.<name>.<pid>.<random>.tmp`, which nothing
+    counts as an output (manifest.is_complete wants the final `.npz` name).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_sibling(path)
     # Not mkstemp: its 0600 would make every output unreadable to the rest of a group that
     # shares the features; 0666 less the umask is what a plain np.savez gives.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             np.savez(f, features=np.ascontiguousarray(features))
+            _seal(f, record)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,6 +166,8 @@ def ensure_writable_dir(folder: Path) -> None:
     """Create `folder` and prove a file can be written there, or raise OSError saying why:
     run before the models load, so a bad --output_dir costs seconds, not a failed run."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     probe = folder / f".hero-features-write-test.{os.getpid()}.{secrets.token_hex(4)}"
     with open(probe, "wb") as f:

@@ -43,6 +43,8 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from .outputs import fitted_name
+
 __all__ = ["FEATURE_DIMS", "PackError", "PackReport", "Problem", "db_name", "pack",
            "rows_per_clip", "run_from_args"]
 
@@ -212,7 +214,7 @@ class _Writer:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(fitted_name(".", path.name, f".tmp-{os.getpid()}"))
     # ASCII escapes: HERO opens these with the locale's encoding, ASCII in a bare container.
     with open(tmp, "w", encoding="ascii") as f:
         json.dump(data, f, ensure_ascii=True, sort_keys=True)
@@ -220,7 +222,7 @@ def _write_json(path: Path, data) -> None:
 
 
 def _swap_in(new: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(fitted_name(".", final.name, f".old-{os.getpid()}"))
     if final.exists():
         os.replace(final, old)
     os.replace(new, final)
@@ -253,7 +255,7 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
 
     db_dir.mkdir(parents=True, exist_ok=True)
     report = PackReport(db_path=db_dir / name, frame_len_path=db_dir / "id2frame_len.json")
-    tmp_db = db_dir / f".{name}.tmp-{os.getpid()}"
+    tmp_db = db_dir / fitted_name(".", name, f".tmp-{os.getpid()}")
     if tmp_db.exists():
         shutil.rmtree(tmp_db)
     # float16 inputs become float32 values: twice the bytes on disk, plus msgpack framing.

@@ -43,6 +43,11 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_VIDEO_TIMEOUT = 300.0  # seconds a video may go without producing any frame
 
 
+class BatchMemoryError(RuntimeError):
+    """A batch buffer of --batch_size units cannot be allocated: the run cannot go on as
+    configured (reported in one line, exit 2)."""
+
+
 @dataclass
 class Job:
     """One video and, per model still to do, where its features go."""
@@ -104,10 +109,13 @@ class Extractor:
                  summary: Summary, workers: int = 0, progress: bool = True,
                  video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT,
                  on_finish: Optional[Callable[[Job, bool], None]] = None,
-                 precision: str = "fp32", progress_sink=None):
+                 precision: str = "fp32", progress_sink=None,
+                 records: Optional[dict] = None):
         # on_finish(job, ok): called once per video when it is written or has failed.
         # progress_sink: where begin/reach/end(job, ...) go instead of this process's bar
         # (a --gpus worker forwards them to the parent's).
+        # records: model -> what made its outputs (outputs.make_record), sealed into each.
+        self.records = records or {}
         self.specs = {s.name: s for s in specs}
         self.models = models
         self.device = device
@@ -166,8 +174,15 @@ class Extractor:
         spare = self._spare.get(key)
         if spare:
             return spare.pop()
-        return torch.empty((self.batch_size, *key[1]), dtype=torch.uint8,
-                           pin_memory=self.device.type == "cuda")
+        try:
+            return torch.empty((self.batch_size, *key[1]), dtype=torch.uint8,
+                               pin_memory=self.device.type == "cuda")
+        except (RuntimeError, MemoryError) as exc:  # torch: "can't allocate memory"
+            size = self.batch_size * int(np.prod(key[1]))
+            raise BatchMemoryError(
+                f"cannot allocate a {size / 2**20:,.0f} MiB input buffer for one {key[0]} "
+                f"batch of --batch_size {self.batch_size} ({short_reason(exc)}); use a "
+                f"smaller --batch_size") from None
 
     def _give_back(self, key: tuple, buffer: torch.Tensor) -> None:
         self._spare.setdefault(key, []).append(buffer)
@@ -306,7 +321,7 @@ class Extractor:
                 if not table:
                     raise ValueError(f"{model}: no feature rows (no frames or clips decoded)")
                 features = np.stack([table[i] for i in range(len(table))])
-                write_features(path, features)
+                write_features(path, features, self.records.get(model))
                 with self._lock:
                     self.summary.rows[model] = self.summary.rows.get(model, 0) + len(features)
         except OSError as exc:
@@ -339,7 +354,7 @@ class Extractor:
             tqdm.write(f"note: decoded frames go through pipes, not shared memory: "
                        f"{pool.transport_note}", file=sys.stderr)
         messages = pool.messages(self._register(jobs)) if pool else \
-            inline_messages(self._register(jobs), self.groups, self.settings)
+            inline_messages(self._register(jobs), self.groups, self.settings, self.video_timeout)
         try:
             for message in messages:
                 if self._fatal is not None:
@@ -396,6 +411,10 @@ class RunConfig:
     output_dir: Path = Path("output")
     progress: bool = True
     precision: str = "fp32"
+    # Filled in by the command line before the run: model -> the checkpoint file it hashed
+    # for the record (so the run loads that very file), and model -> the record itself.
+    checkpoints: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
@@ -411,9 +430,12 @@ def load_models(config: RunConfig, device: torch.device) -> dict:
     built = {}
     for name in config.models:
         spec = get_spec(name)
-        path = config.checkpoint
+        # The file the command line hashed for the records; on another node of a Ray cluster
+        # that path may not exist, and the node looks the checkpoint up itself.
+        hashed = config.checkpoints.get(name)
+        path = hashed if hashed is not None and Path(hashed).is_file() else config.checkpoint
         try:
-            path = resolve_checkpoint(spec.checkpoint, config.weights_dir, config.checkpoint,
+            path = resolve_checkpoint(spec.checkpoint, config.weights_dir, path,
                                       download=config.download)
             built[name] = spec.build(path, device)
         except WeightsError:
@@ -438,5 +460,6 @@ def run_on_device(config: RunConfig, device: torch.device, jobs: Iterable[Job],
                           config.batch_size, failures, summary, workers=config.workers,
                           progress=config.progress if progress is None else progress,
                           video_timeout=config.video_timeout, on_finish=on_finish,
-                          precision=config.precision, progress_sink=progress_sink)
+                          precision=config.precision, progress_sink=progress_sink,
+                          records=config.records)
     extractor.run(jobs, total=total)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -84,11 +84,13 @@ def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
 
 
 def produce(video_id: int, path: str, groups: Sequence[Group], settings: Settings,
-            active: Optional[Sequence[int]] = None) -> Iterator[tuple]:
+            active: Optional[Sequence[int]] = None,
+            on_frame: Optional[Callable[[], None]] = None) -> Iterator[tuple]:
     """Yield the messages for one video; never raises for a bad video (it yields "error").
 
     `active`: indices of the groups this video still needs (default all); group indices in
     the messages always refer to `groups`. The file is opened once, for probe and decode.
+    `on_frame()` is called for every decoded frame (the stall watch's heartbeat).
     """
     active = list(range(len(groups))) if active is None else list(active)
     stage = "open"
@@ -99,7 +101,7 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
             yield ("info", video_id, info)
             stage = "decode"
             frames, report = yield from _units(video_id, container, info, groups, active,
-                                               settings)
+                                               settings, on_frame)
             # For the progress rate only: WebM/MKV streams have no duration of their own.
             seconds = info.duration or (container.duration or 0) / 1e6
     except VideoError as exc:
@@ -135,7 +137,7 @@ def _too_short(report, groups: Sequence[Group], active: list[int], settings: Set
 
 
 def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
-           active: list[int], settings: Settings):
+           active: list[int], settings: Settings, on_frame=None):
     """Yield "units" messages; return (frames the decode graph produced, DecodeReport)."""
     specs, routes = plan_branches([groups[i] for i in active], settings, info)
     samplers: list[Optional[ClipSampler]] = [
@@ -144,7 +146,7 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
         for i in active]
     pending: list[list[np.ndarray]] = [[] for _ in active]
     frames_seen = [0] * len(specs)
-    decoding = decode_container(container, specs, info, settings.threads)
+    decoding = decode_container(container, specs, info, settings.threads, on_frame=on_frame)
     while True:
         try:
             branch, frame = next(decoding)

@@ -14,6 +14,7 @@ little room (Docker's default is 64 MiB; launch_container.sh runs with --ipc=hos
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Optional
@@ -24,6 +25,9 @@ import numpy as np
 # at 224 lines 4.1 MiB; 8 MiB leaves room for wider frames and for CLIP RN50x4's 288.
 SLOT_BYTES = 8 << 20
 SLOTS = 4
+# Arenas are named after the main process, so a segment left in /dev/shm (only a SIGKILLed
+# run can leave one) says whose it was: /dev/shm/hero-features-<pid>-<random>.
+ARENA_PREFIX = "hero-features-"
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,9 @@ class Arena:
     hold it."""
 
     def __init__(self) -> None:
-        self.shm = shared_memory.SharedMemory(create=True, size=arena_bytes())
+        self.shm = shared_memory.SharedMemory(
+            name=f"{ARENA_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
+            size=arena_bytes())
         self.name = self.shm.name
         try:
             _reserve(self.name, arena_bytes())

@@ -33,21 +33,24 @@ class VideoError(Exception):
 
 
 # Demuxers that open further files or URLs named inside the input (playlists, concat lists,
-# image sequences, network session descriptions, DVD structures, scripts). A scraped "video"
-# must never make us read anything but itself. They are kept off FFmpeg's format whitelist,
-# so they are refused after probing and BEFORE they read their header: the concat demuxer
-# opens the first listed file while reading its header, through a context of its own that
-# does not use our io_open hook.
+# image sequences, network session descriptions, DVD structures, scripts) or beside it (a
+# VobSub index opens the .sub of the same name, MLV its .M00, .M01 ... chunks). A scraped
+# "video" must never make us read anything but itself. They are kept off FFmpeg's format
+# whitelist, so they are refused after probing and BEFORE they read their header: concat
+# and vobsub open their other file while reading the header, through a context of their own
+# that does not use our io_open hook (docs/reliability.md lists the audit).
 _DEMUXERS_THAT_OPEN_OTHER_FILES = frozenset({
     "hls", "applehttp", "concat", "dash", "webm_dash_manifest", "image2", "imf", "sdp", "rtp",
-    "rtsp", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "rtsp", "sap", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "vobsub", "mlv",
 })
 _FORMAT_WHITELIST = ",".join(sorted(name for name in av.formats_available
                                     if not set(name.split(",")) & _DEMUXERS_THAT_OPEN_OTHER_FILES))
 # What refused files usually are, to name them in the failure message.
 _SIGNATURES = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat version", "an ffconcat list"),
                (b"<?xml", "an XML manifest (DASH/IMF?)"), (b"<MPD", "a DASH manifest"),
-               (b"v=0", "an SDP session description"))
+               (b"v=0", "an SDP session description"),
+               (b"# VobSub index file", "a VobSub subtitle index"), (b"MLVI", "an MLV recording"))
 # A single picture (FFmpeg's *_pipe image demuxers) or text rendered as frames (tty) gives a
 # "video" of one still, which is never what a video corpus meant to hold.
 _NOT_VIDEO_DEMUXERS = frozenset({"image2pipe", "tty"})
@@ -185,6 +188,8 @@ def _guarded_opener(path: str, refused: list, alias: str):
 def _check_file(path: str) -> None:
     """Fail with the real reason before FFmpeg turns it into "invalid data"."""
     if not os.path.exists(path):
+        if os.path.islink(path) and _is_link_loop(path):
+            raise VideoError("open", f"symlink loop: {path} -> {os.readlink(path)}")
         if os.path.islink(path):
             raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
         raise VideoError("open", f"file does not exist: {path}")
@@ -201,6 +206,14 @@ def _check_file(path: str) -> None:
         os.close(fd)
     if empty:
         raise VideoError("open", f"empty file (0 bytes): {path}")
+
+
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _reason(exc: Exception) -> str:
@@ -495,6 +508,9 @@ def assess(report: DecodeReport) -> Optional[tuple[str, str]]:
     return None
 
 
+CUT_SHORT = "a packet cut short (the file ends inside it)"
+
+
 def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
                   on_frame: Optional[Callable[[], None]]):
     """Decoded frames with the time the CLI's filter graph gives them (stream time base);
@@ -502,6 +518,7 @@ def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
     ends the stream (decoder flushed), as the ffmpeg CLI does."""
     codec = stream.codec_context
     packets = container.demux(stream)
+    seen_cut_short = False
     while True:
         try:
             packet = next(packets)
@@ -520,6 +537,13 @@ def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
             clock.frames([])
             continue
         report.packets += 1
+        # A packet the demuxer could read only in part (the file ends inside it) is damage
+        # whatever the decoder makes of it: one decoder thread rejects it, frame threads
+        # take it without an error. Counted here, so the verdict is the same for both.
+        cut_short = bool(packet.is_corrupt)
+        if cut_short:
+            report.first_error = report.first_error or CUT_SHORT
+            seen_cut_short = True
         try:
             frames = codec.decode(packet)
         except av.error.FFmpegError as exc:
@@ -527,6 +551,7 @@ def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
             report.first_error = report.first_error or _reason(exc)
             clock.rejected()
             continue
+        report.rejected += cut_short
         times = clock.frames([(f.pts, f.dts, f.duration) for f in frames])
         for frame, time in zip(frames, times):
             if on_frame is not None:
@@ -534,7 +559,12 @@ def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
             yield frame, time
     try:
         frames = codec.decode(None)
-    except av.error.FFmpegError:
+    except av.error.FFmpegError as exc:
+        # Frame threads report a packet's error on a later call. One on the flush after a
+        # packet cut short (always the file's last) is that packet's, counted already.
+        if not seen_cut_short:
+            report.rejected += 1
+            report.first_error = report.first_error or _reason(exc)
         frames = []
     for frame in frames:
         time = clock.drained(frame.pts, frame.dts, frame.duration)
@@ -573,8 +603,9 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     (`report = yield from decode_container(...)`).
 
     The compressed stream is decoded once for every branch; a source frame is scaled once
-    per output size however many outputs repeat it. `on_frame` is called once per decoded
-    frame (a progress heartbeat). The arrays are read-only views: several outputs can share
+    per output size however many outputs repeat it. `on_frame()` is called once per decoded
+    frame, before any is picked: the heartbeat the --video_timeout watch goes by (the picks
+    may keep few of the frames). The arrays are read-only views: several outputs can share
     one. Raises VideoError when the pixel conversion fails.
     """
     stream = container.streams.video[0]

@@ -146,6 +146,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+_SHA256_SEEN: dict[tuple, str] = {}
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, hashed once per process for each version of the file
+    (path, size, mtime): a 300 MB checkpoint takes about a second, and every output of a
+    run records it."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = sha256_of(path)
+    return _SHA256_SEEN[key]
+
+
 def verify(path: Path, ckpt: Checkpoint) -> Optional[bool]:
     """True/False against the published hash (a published prefix, as torchvision's file names
     carry, is compared as a prefix); None when no hash is published."""

@@ -4,30 +4,110 @@ Every worker has its own job queue and its own result pipe, so a worker that han
 native decoder code (or dies) can be killed and replaced without corrupting what the other
 workers send; the video it held is reported as failed and the run goes on. Decoded units
 travel through each worker's shared-memory arena (transport.py), the rest through the pipe.
+
+--video_timeout watches decoder progress, not messages: each decoder keeps a `Heartbeat`
+(the time of its last decoded frame, in shared memory) and is a stall only when that is old
+while it is not waiting for the main process to take its output. With
+--num_decoding_thread 0 the decoder runs in a thread of the main process under the same
+watch (`inline_messages`).
 """
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
+import queue
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .producer import Group, Settings, produce
+from .signals import blocked, ignore_stop_signals, start_resource_tracker
 from .transport import Arena, SlotRef, SlotWriter, shm_room
 
 # A worker is not timed while it starts (a spawned interpreter importing numpy and PyAV can
 # take seconds on a loaded machine); only one that never starts at all is given up on.
 STARTUP_LIMIT = 120.0
+INLINE_QUEUE = 8  # messages an inline decode thread may run ahead of the models
 
 
-def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits) -> None:
-    # Ctrl-C reaches the whole process group; the main process decides what stops and
-    # when (DecodePool.close), and a worker dying on its own would be logged as a failure.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+class Heartbeat:
+    """How far the decoder of one video has got: written by the decoder, read by the watch.
+
+    Four numbers, in a shared array for a worker process (time.monotonic is the system-wide
+    CLOCK_MONOTONIC, so both sides read one clock) or a list for a thread: the time of its
+    last progress (a decoded frame, a message handed over), whether it is waiting for the
+    main process to take a message, the frames decoded so far, and its stage.
+    """
+
+    LAST, WAITING, FRAMES, STAGE = range(4)
+    IDLE, OPENING, DECODING = 0.0, 1.0, 2.0
+
+    def __init__(self, cells=None):
+        self.cells = cells if cells is not None else [0.0] * 4
+
+    def begin(self) -> None:
+        """A video is taken up: opening and probing come first."""
+        cells = self.cells
+        cells[self.FRAMES], cells[self.WAITING] = 0.0, 0.0
+        cells[self.LAST] = time.monotonic()
+        cells[self.STAGE] = self.OPENING
+
+    def frame(self) -> None:
+        cells = self.cells
+        cells[self.FRAMES] += 1
+        cells[self.LAST] = time.monotonic()
+
+    def decoding(self) -> None:
+        self.cells[self.STAGE] = self.DECODING
+        self.cells[self.LAST] = time.monotonic()
+
+    def end(self) -> None:
+        self.cells[self.STAGE] = self.IDLE
+
+    @contextmanager
+    def waiting(self):
+        """Handing a message over, which blocks while the main process is busy: not a stall."""
+        self.cells[self.WAITING] = 1.0
+        try:
+            yield
+        finally:
+            self.cells[self.WAITING] = 0.0
+            self.cells[self.LAST] = time.monotonic()
+
+    def stall(self, now: float, limit: float) -> Optional[str]:
+        """What stalled, when the decoder made no progress for over `limit` seconds."""
+        cells = self.cells
+        if cells[self.STAGE] == self.IDLE or cells[self.WAITING] or now - cells[self.LAST] <= limit:
+            return None
+        frames = int(cells[self.FRAMES])
+        if cells[self.STAGE] == self.OPENING:
+            return f"FFmpeg did not finish opening and probing the file in {limit:g} s"
+        if frames == 0:
+            return f"the decoder gave no frame in the {limit:g} s after the file was opened"
+        return f"the decoder stopped: no frame decoded for {limit:g} s after frame {frames}"
+
+
+def _takes_on_frame(produce_fn) -> bool:
+    """Whether produce_fn takes the heartbeat (tests hand in stand-ins that do not)."""
+    try:
+        return "on_frame" in inspect.signature(produce_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits,
+                 beat_cells=None) -> None:
+    # Ctrl-C, a closed terminal or a SIGTERM to the process group reach every worker; the
+    # main process decides what stops and when (DecodePool.close), and a worker dying on
+    # its own would be logged as a failure. Started with them blocked (signals.blocked).
+    ignore_stop_signals()
+    beat = Heartbeat(beat_cells)
+    extra = {"on_frame": beat.frame} if _takes_on_frame(produce_fn) else {}
     parent = mp.parent_process()
     if parent is not None:
         # A main process killed with SIGKILL cannot stop us, and an idle worker would wait
@@ -40,14 +120,19 @@ def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits) 
             if item is None:
                 return
             video_id, path, active = item
+            beat.begin()
             conn.send(("started", video_id))  # the stall clock starts now, not at spawn
             try:
-                for message in produce_fn(video_id, path, groups, settings, active):
-                    conn.send(writer.pack(message) if writer else message)
+                for message in produce_fn(video_id, path, groups, settings, active, **extra):
+                    if message[0] == "info":
+                        beat.decoding()
+                    with beat.waiting():
+                        conn.send(writer.pack(message) if writer else message)
             except (BrokenPipeError, EOFError):
                 raise
             except Exception as exc:  # a bug for one video must not cost the worker
                 conn.send(("error", video_id, "decode", f"{type(exc).__name__}: {exc}"))
+            beat.end()
             conn.send(("done", video_id))
     except (KeyboardInterrupt, BrokenPipeError, EOFError):
         return
@@ -84,17 +169,101 @@ class _Slot:
     jobs: object  # its own job queue
     conn: object  # read end of its result pipe
     credits: object  # write end of the pipe its shared-memory slots go back on (or None)
+    beat: Heartbeat = field(default_factory=Heartbeat)
     video_id: Optional[int] = None
     last_seen: float = field(default_factory=time.monotonic)
     started: bool = False  # the worker has taken up video_id
 
 
-def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group],
-                    settings: Settings) -> Iterator[tuple]:
-    """Decode in this process (--num_decoding_thread 0): no parallelism, no time limit."""
+class _Abandoned(BaseException):
+    """Raised inside an inline decode thread that is no longer wanted (BaseException, so
+    produce's per-video error handling does not turn it into a message)."""
+
+
+def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group], settings: Settings,
+                    video_timeout: Optional[float] = None,
+                    produce_fn: Callable = produce) -> Iterator[tuple]:
+    """Decode in this process (--num_decoding_thread 0).
+
+    Without a time limit, in this very thread, one message at a time. With one, each video
+    is decoded in a thread of its own that runs a few messages ahead, under the same
+    heartbeat watch as the worker processes: a decoder that stalls gets its video logged as
+    failed and is left behind (a thread stuck in native code cannot be killed; it ends when
+    it wakes or with the process), and the run goes on with the next video.
+    """
+    if not video_timeout:
+        for video_id, path, active in jobs:
+            yield from produce_fn(video_id, path, groups, settings, active)
+            yield ("done", video_id)
+        return
+    takes_beat = _takes_on_frame(produce_fn)
     for video_id, path, active in jobs:
-        yield from produce(video_id, path, groups, settings, active)
+        yield from _decode_in_thread(produce_fn, (video_id, path, groups, settings, active),
+                                     takes_beat, video_timeout)
         yield ("done", video_id)
+
+
+def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
+                      video_timeout: float) -> Iterator[tuple]:
+    beat = Heartbeat()
+    handed: "queue.Queue[tuple]" = queue.Queue(maxsize=INLINE_QUEUE)
+    finished = object()
+    abandoned = threading.Event()
+
+    def on_frame() -> None:
+        if abandoned.is_set():
+            raise _Abandoned
+        beat.frame()
+
+    def hand_over(message) -> None:
+        with beat.waiting():
+            while True:
+                if abandoned.is_set():
+                    raise _Abandoned
+                try:
+                    handed.put(message, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+    def run() -> None:
+        try:
+            extra = {"on_frame": on_frame} if takes_beat else {}
+            for message in produce_fn(*args, **extra):
+                if message[0] == "info":
+                    beat.decoding()
+                hand_over(message)
+            beat.end()
+            hand_over(finished)
+        except _Abandoned:
+            pass
+        except Exception as exc:  # a bug for one video must not cost the run
+            try:
+                hand_over(("error", args[0], "decode", f"{type(exc).__name__}: {exc}"))
+                hand_over(finished)
+            except _Abandoned:
+                pass
+
+    beat.begin()
+    thread = threading.Thread(target=run, name=f"decode-{args[0]}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                message = handed.get(timeout=min(1.0, video_timeout))
+            except queue.Empty:
+                stalled = beat.stall(time.monotonic(), video_timeout)
+                if stalled is not None:
+                    yield ("error", args[0], "decode",
+                           f"{stalled} (--video_timeout); the video was abandoned and its "
+                           f"decode thread left behind")
+                    return
+                continue
+            if message is finished:
+                return
+            yield message
+    finally:
+        abandoned.set()  # a stall, or the consumer stopped (Ctrl-C): the thread ends soon
 
 
 class DecodePool:
@@ -110,6 +279,7 @@ class DecodePool:
         self.video_timeout = video_timeout
         self.produce_fn = produce_fn
         workers = max(1, workers)
+        start_resource_tracker()  # before any shared memory or process: see signals.py
         # Why units go through the pipes although shared memory was asked for, or None.
         self.transport_note = shm_room(workers) if shared_memory else None
         # One arena per worker place, kept when its worker is replaced: a killed worker
@@ -134,15 +304,17 @@ class DecodePool:
         if self.arenas:
             credits_reader, credits_writer = self.ctx.Pipe(duplex=False)
             arena_name = self.arenas[index].name
+        beat = self.ctx.RawArray("d", 4)  # the worker's Heartbeat, read here
         process = self.ctx.Process(target=_worker_main,
                                    args=(jobs, writer, self.groups, self.settings,
-                                         self.produce_fn, arena_name, credits_reader),
+                                         self.produce_fn, arena_name, credits_reader, beat),
                                    daemon=True)
-        process.start()
+        with blocked():  # the worker ignores stop signals once it runs; none may come before
+            process.start()
         writer.close()  # the child holds its own copy; EOF on ours means the child is gone
         if credits_reader is not None:
             credits_reader.close()
-        return _Slot(process, jobs, reader, credits_writer)
+        return _Slot(process, jobs, reader, credits_writer, Heartbeat(beat))
 
     def _replace(self, index: int) -> _Slot:
         slot = self.slots[index]
@@ -223,9 +395,9 @@ class DecodePool:
                         reason = (f"the decode worker did not start within "
                                   f"{max(self.video_timeout or 0, STARTUP_LIMIT):g} s; it was "
                                   f"killed")
-                    elif self.video_timeout and now - slot.last_seen > self.video_timeout:
-                        reason = (f"no frame decoded for {self.video_timeout:g} s "
-                                  f"(--video_timeout); the decode worker was killed")
+                    elif self.video_timeout and (stalled := slot.beat.stall(now,
+                                                                             self.video_timeout)):
+                        reason = f"{stalled} (--video_timeout); the decode worker was killed"
                     else:
                         continue
                     video_id = slot.video_id
