@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from hero_features.models import get_spec
-from hero_features.pipeline import make_groups
-from hero_features.producer import Settings, produce
+from hero_features.config import input_groups
+from hero_features.config import DecodeSettings
+from hero_features.producer import decode_video_units
 from hero_features.video import DecodeSpec, decode, filter_chain, probe
 from helpers import extract, failures, load
 from timeline_corpus import CASES, build
@@ -140,12 +141,12 @@ MODELS = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
 @pytest.mark.parametrize("clip_len", [Fraction(3, 2), Fraction(2)], ids=["1.5", "2"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_pipeline_gives_the_reference_row_count(corpus, name, clip_len):
-    groups = make_groups([get_spec(m) for m in MODELS])
+    groups = input_groups([get_spec(m) for m in MODELS])
     counts = [0] * len(groups)
-    for message in produce(0, str(corpus[name]), groups, Settings(clip_len)):
-        assert message[0] != "error", message
-        if message[0] == "units":
-            counts[message[2]] += len(message[3])
+    for message in decode_video_units(0, str(corpus[name]), groups, DecodeSettings(clip_len)):
+        assert message.kind != "error", message
+        if message.kind == "units":
+            counts[message.group] += len(message.units)
     for group, count in zip(groups, counts):
         for model in group.models:
             assert count == reference_rows(corpus[name], model, clip_len), (model, name)
@@ -169,11 +170,13 @@ def test_mpegts_rows_through_the_cli(corpus, tmp_path, synthetic_checkpoints):
 def test_what_ffmpeg_4_would_have_done_otherwise_is_a_warning(corpus):
     """Per-frame, mirrored orientation: we follow FFmpeg 5.1 (the test oracle) and say, per
     video, that the 2020 image's FFmpeg 4.x would have rotated otherwise."""
-    groups = make_groups([get_spec("resnet")])
-    notes = [m[2:] for m in produce(0, str(corpus["orientation_sei.mp4"]), groups,
-                                    Settings(Fraction(3, 2))) if m[0] == "warning"]
+    groups = input_groups([get_spec("resnet")])
+    notes = [(m.stage, m.text) for m in decode_video_units(
+        0, str(corpus["orientation_sei.mp4"]), groups, DecodeSettings(Fraction(3, 2)))
+        if m.kind == "warning"]
     assert [stage for stage, _ in notes] == ["fidelity", "fidelity"]
     assert "changes between frames" in notes[0][1] and "mirrors" in notes[1][1]
-    plain = [m for m in produce(0, str(corpus["ts_h264.ts"]), groups, Settings(Fraction(3, 2)))
-             if m[0] == "warning"]
+    plain = [m for m in decode_video_units(0, str(corpus["ts_h264.ts"]), groups,
+                                           DecodeSettings(Fraction(3, 2)))
+             if m.kind == "warning"]
     assert plain == []

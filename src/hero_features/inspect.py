@@ -29,12 +29,13 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from .errors import UsageError
 from .outputs import read_record
 
 TARGET_FPS = 30  # the clip models' decode rate (--target_framerate's default)
 
 
-class InspectError(ValueError):
+class InspectError(UsageError, ValueError):
     """Inspect cannot run as asked (reported in one line, exit 2)."""
 
 
@@ -57,9 +58,10 @@ def _unit(model: str) -> str:
 
 def frame_rate(clip_len: Fraction, duration: Optional[float]) -> float:
     """The frame models' fps filter rate, by the extractor's own rule."""
-    from .producer import Settings, frame_rate as extractor_rate
+    from .config import DecodeSettings
+    from .producer import frame_rate as extractor_rate
 
-    return float(extractor_rate("frame", Settings(clip_len=clip_len),
+    return float(extractor_rate("frame", DecodeSettings(clip_len=clip_len),
                                 SimpleNamespace(duration=duration)))
 
 
@@ -314,15 +316,18 @@ def model_inputs(video: Path, model: str, clip_len: Fraction) -> Iterator[np.nda
     """Each row's uint8 input exactly as the extractor hands it to the model: (H, W, 3) for a
     frame model, (32, H, W, 3) for a clip model. Raises InspectError if the video fails."""
     from .models import get_spec
-    from .producer import Group, Settings, produce
+    from .config import DecodeSettings, InputGroup
+    from .messages import Failed, Units
+    from .producer import decode_video_units
 
     spec = get_spec(model)
-    group = Group((model,), spec.unit, spec.size, spec.crop)
-    for message in produce(0, os.fspath(video), [group], Settings(clip_len=clip_len)):
-        if message[0] == "units":
-            yield from message[3]
-        elif message[0] == "error":
-            raise InspectError(f"cannot decode {video} ({message[2]}): {message[3]}")
+    group = InputGroup((model,), spec.unit, spec.size, spec.crop)
+    for message in decode_video_units(0, os.fspath(video), [group],
+                                      DecodeSettings(clip_len=clip_len)):
+        if isinstance(message, Units):
+            yield from message.units
+        elif isinstance(message, Failed):
+            raise InspectError(f"cannot decode {video} ({message.stage}): {message.reason}")
 
 
 def draw_sheet(video: Path, model: str, clip_len: Fraction, spans: Sequence[RowSpan],

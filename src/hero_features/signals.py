@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -34,6 +34,18 @@ class Interrupted(KeyboardInterrupt):
 def exit_status(exc: KeyboardInterrupt) -> int:
     """128 + the signal number, as a shell reports a process that a signal ended."""
     return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def exit_text(code: Optional[int]) -> str:
+    """How a child process ended, from its exit code: "exit code 3", "killed by SIGKILL"."""
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _stop(signum: int, _frame) -> None:

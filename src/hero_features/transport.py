@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from .messages import Units
 # 32 cropped 224x224 frames (one SlowFast/S3D clip) are 4.6 MiB and 16 uncropped 16:9 frames
 # at 224 lines 4.1 MiB; 8 MiB leaves room for wider frames and for CLIP RN50x4's 288.
 SLOT_BYTES = 8 << 20
@@ -114,9 +115,9 @@ class SlotWriter:
 
     def pack(self, message: tuple) -> tuple:
         """The message to send: units moved into a slot when they fit, else unchanged."""
-        if message[0] != "units" or message[3].nbytes > SLOT_BYTES:
+        if not isinstance(message, Units) or message.units.nbytes > SLOT_BYTES:
             return message
-        units = message[3]
+        units = message.units
         while self.credits.poll():
             self.free.append(self.credits.recv())
         if not self.free:
@@ -126,7 +127,7 @@ class SlotWriter:
                             offset=slot * SLOT_BYTES)
         target[...] = units
         del target  # no view may outlive the mapping
-        return message[:3] + (SlotRef(slot, units.shape, units.dtype.str),)
+        return message._replace(units=SlotRef(slot, units.shape, units.dtype.str))
 
     def close(self) -> None:
         try:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Callable, Iterator, Optional, Sequence
 
-from .producer import Group, Settings, produce
-from .signals import blocked, ignore_stop_signals, start_resource_tracker
+from .config import DecodeSettings, InputGroup
+from .messages import Done, Failed, Info, Started, Units
+from .producer import decode_video_units
+from .signals import blocked, exit_text, ignore_stop_signals, start_resource_tracker
 from .transport import Arena, SlotRef, SlotWriter, shm_room
 
 # A worker is not timed while it starts (a spawned interpreter importing numpy and PyAV can
@@ -92,22 +94,22 @@ class Heartbeat:
         return f"the decoder stopped: no frame decoded for {limit:g} s after frame {frames}"
 
 
-def _takes_on_frame(produce_fn) -> bool:
-    """Whether produce_fn takes the heartbeat (tests hand in stand-ins that do not)."""
+def _takes_on_frame(decode_fn) -> bool:
+    """Whether decode_fn takes the heartbeat (tests hand in stand-ins that do not)."""
     try:
-        return "on_frame" in inspect.signature(produce_fn).parameters
+        return "on_frame" in inspect.signature(decode_fn).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits,
+def _worker_main(jobs, conn, groups, settings, decode_fn, arena_name, credits,
                  beat_cells=None) -> None:
     # Ctrl-C, a closed terminal or a SIGTERM to the process group reach every worker; the
     # main process decides what stops and when (DecodePool.close), and a worker dying on
     # its own would be logged as a failure. Started with them blocked (signals.blocked).
     ignore_stop_signals()
     beat = Heartbeat(beat_cells)
-    extra = {"on_frame": beat.frame} if _takes_on_frame(produce_fn) else {}
+    extra = {"on_frame": beat.frame} if _takes_on_frame(decode_fn) else {}
     parent = mp.parent_process()
     if parent is not None:
         # A main process killed with SIGKILL cannot stop us, and an idle worker would wait
@@ -121,19 +123,19 @@ def _worker_main(jobs, conn, groups, settings, produce_fn, arena_name, credits,
                 return
             video_id, path, active = item
             beat.begin()
-            conn.send(("started", video_id))  # the stall clock starts now, not at spawn
+            conn.send(Started(video_id))  # the stall clock starts now, not at spawn
             try:
-                for message in produce_fn(video_id, path, groups, settings, active, **extra):
-                    if message[0] == "info":
+                for message in decode_fn(video_id, path, groups, settings, active, **extra):
+                    if isinstance(message, Info):
                         beat.decoding()
                     with beat.waiting():
                         conn.send(writer.pack(message) if writer else message)
             except (BrokenPipeError, EOFError):
                 raise
             except Exception as exc:  # a bug for one video must not cost the worker
-                conn.send(("error", video_id, "decode", f"{type(exc).__name__}: {exc}"))
+                conn.send(Failed(video_id, "decode", f"{type(exc).__name__}: {exc}"))
             beat.end()
-            conn.send(("done", video_id))
+            conn.send(Done(video_id))
     except (KeyboardInterrupt, BrokenPipeError, EOFError):
         return
     finally:
@@ -153,22 +155,18 @@ def _death(process) -> str:
     code = process.exitcode
     if code is None:
         return "the decode worker closed its pipe"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"the decode worker died: killed by {name}{hint}"
-    return f"the decode worker died: exit code {code}"
+    hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+    return f"the decode worker died: {exit_text(code)}{hint}"
 
 
 @dataclass
-class _Slot:
+class _DecodeWorker:
+    """The main process's side of one decode worker process."""
+
     process: mp.Process
     jobs: object  # its own job queue
     conn: object  # read end of its result pipe
-    credits: object  # write end of the pipe its shared-memory slots go back on (or None)
+    credits: object  # write end of the pipe its arena's slots go back on (or None)
     beat: Heartbeat = field(default_factory=Heartbeat)
     video_id: Optional[int] = None
     last_seen: float = field(default_factory=time.monotonic)
@@ -177,12 +175,12 @@ class _Slot:
 
 class _Abandoned(BaseException):
     """Raised inside an inline decode thread that is no longer wanted (BaseException, so
-    produce's per-video error handling does not turn it into a message)."""
+    the decoder's per-video error handling does not turn it into a message)."""
 
 
-def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group], settings: Settings,
-                    video_timeout: Optional[float] = None,
-                    produce_fn: Callable = produce) -> Iterator[tuple]:
+def inline_messages(jobs: Iterator[tuple], groups: Sequence[InputGroup],
+                    settings: DecodeSettings, video_timeout: Optional[float] = None,
+                    decode_fn: Callable = decode_video_units) -> Iterator[tuple]:
     """Decode in this process (--num_decoding_thread 0).
 
     Without a time limit, in this very thread, one message at a time. With one, each video
@@ -193,17 +191,17 @@ def inline_messages(jobs: Iterator[tuple], groups: Sequence[Group], settings: Se
     """
     if not video_timeout:
         for video_id, path, active in jobs:
-            yield from produce_fn(video_id, path, groups, settings, active)
-            yield ("done", video_id)
+            yield from decode_fn(video_id, path, groups, settings, active)
+            yield Done(video_id)
         return
-    takes_beat = _takes_on_frame(produce_fn)
+    takes_beat = _takes_on_frame(decode_fn)
     for video_id, path, active in jobs:
-        yield from _decode_in_thread(produce_fn, (video_id, path, groups, settings, active),
+        yield from _decode_in_thread(decode_fn, (video_id, path, groups, settings, active),
                                      takes_beat, video_timeout)
-        yield ("done", video_id)
+        yield Done(video_id)
 
 
-def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
+def _decode_in_thread(decode_fn, args: tuple, takes_beat: bool,
                       video_timeout: float) -> Iterator[tuple]:
     beat = Heartbeat()
     handed: "queue.Queue[tuple]" = queue.Queue(maxsize=INLINE_QUEUE)
@@ -229,8 +227,8 @@ def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
     def run() -> None:
         try:
             extra = {"on_frame": on_frame} if takes_beat else {}
-            for message in produce_fn(*args, **extra):
-                if message[0] == "info":
+            for message in decode_fn(*args, **extra):
+                if isinstance(message, Info):
                     beat.decoding()
                 hand_over(message)
             beat.end()
@@ -239,7 +237,7 @@ def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
             pass
         except Exception as exc:  # a bug for one video must not cost the run
             try:
-                hand_over(("error", args[0], "decode", f"{type(exc).__name__}: {exc}"))
+                hand_over(Failed(args[0], "decode", f"{type(exc).__name__}: {exc}"))
                 hand_over(finished)
             except _Abandoned:
                 pass
@@ -254,9 +252,9 @@ def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
             except queue.Empty:
                 stalled = beat.stall(time.monotonic(), video_timeout)
                 if stalled is not None:
-                    yield ("error", args[0], "decode",
-                           f"{stalled} (--video_timeout); the video was abandoned and its "
-                           f"decode thread left behind")
+                    yield Failed(args[0], "decode",
+                                 f"{stalled} (--video_timeout); the video was abandoned and "
+                                 f"its decode thread left behind")
                     return
                 continue
             if message is finished:
@@ -267,23 +265,24 @@ def _decode_in_thread(produce_fn, args: tuple, takes_beat: bool,
 
 
 class DecodePool:
-    """`workers` decode processes fed lazily from an iterator of (video_id, path, groups)."""
+    """`workers` decode processes fed lazily from an iterator of (video_id, path, active
+    group indices); `messages` yields what they decode (messages.py), Started excepted."""
 
-    def __init__(self, workers: int, groups: Sequence[Group], settings: Settings,
-                 video_timeout: Optional[float] = None, produce_fn=produce,
+    def __init__(self, workers: int, groups: Sequence[InputGroup], settings: DecodeSettings,
+                 video_timeout: Optional[float] = None, decode_fn=decode_video_units,
                  shared_memory: bool = True):
-        # produce_fn: a module-level function (it is sent to spawned processes); tests pass
+        # decode_fn: a module-level function (it is sent to spawned processes); tests pass
         # one that hangs or crashes.
         self.ctx = mp.get_context("spawn")  # never fork a process holding torch / CUDA state
         self.groups, self.settings = groups, settings
         self.video_timeout = video_timeout
-        self.produce_fn = produce_fn
+        self.decode_fn = decode_fn
         workers = max(1, workers)
         start_resource_tracker()  # before any shared memory or process: see signals.py
         # Why units go through the pipes although shared memory was asked for, or None.
         self.transport_note = shm_room(workers) if shared_memory else None
-        # One arena per worker place, kept when its worker is replaced: a killed worker
-        # writes nothing more, so its successor can start with every slot free.
+        # One arena per worker, kept when the worker is replaced: a killed worker writes
+        # nothing more, so its successor can start with every arena slot free.
         self.arenas: list[Arena] = []
         if shared_memory and self.transport_note is None:
             try:
@@ -294,10 +293,10 @@ class DecodePool:
                     arena.close()
                 self.arenas = []
                 self.transport_note = f"cannot reserve shared memory: {exc.strerror or exc}"
-        self.slots = [self._start(i) for i in range(workers)]
+        self.workers = [self._start(i) for i in range(workers)]
         self.replaced = 0
 
-    def _start(self, index: int) -> _Slot:
+    def _start(self, index: int) -> _DecodeWorker:
         jobs = self.ctx.Queue()
         reader, writer = self.ctx.Pipe(duplex=False)
         credits_reader = credits_writer = arena_name = None
@@ -307,41 +306,41 @@ class DecodePool:
         beat = self.ctx.RawArray("d", 4)  # the worker's Heartbeat, read here
         process = self.ctx.Process(target=_worker_main,
                                    args=(jobs, writer, self.groups, self.settings,
-                                         self.produce_fn, arena_name, credits_reader, beat),
+                                         self.decode_fn, arena_name, credits_reader, beat),
                                    daemon=True)
         with blocked():  # the worker ignores stop signals once it runs; none may come before
             process.start()
         writer.close()  # the child holds its own copy; EOF on ours means the child is gone
         if credits_reader is not None:
             credits_reader.close()
-        return _Slot(process, jobs, reader, credits_writer, Heartbeat(beat))
+        return _DecodeWorker(process, jobs, reader, credits_writer, Heartbeat(beat))
 
-    def _replace(self, index: int) -> _Slot:
-        slot = self.slots[index]
-        if slot.process.is_alive():
-            slot.process.kill()
-        slot.process.join(timeout=5)
-        self._close_pipes(slot)
+    def _replace(self, index: int) -> _DecodeWorker:
+        worker = self.workers[index]
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(timeout=5)
+        self._close_pipes(worker)
         self.replaced += 1
         return self._start(index)
 
     @staticmethod
-    def _close_pipes(slot: _Slot) -> None:
-        slot.conn.close()
-        if slot.credits is not None:
-            slot.credits.close()
+    def _close_pipes(worker: _DecodeWorker) -> None:
+        worker.conn.close()
+        if worker.credits is not None:
+            worker.credits.close()
 
     def _unpack(self, index: int, message: tuple) -> tuple:
-        if message[0] == "units" and isinstance(message[3], SlotRef):
-            return message[:3] + (self.arenas[index].view(message[3]),)
+        if isinstance(message, Units) and isinstance(message.units, SlotRef):
+            return message._replace(units=self.arenas[index].view(message.units))
         return message
 
     def _release(self, index: int, message: tuple) -> None:
-        """Hand a units message's slot back once the consumer is done with the array."""
-        slot = self.slots[index]
-        if message[0] == "units" and isinstance(message[3], SlotRef) and slot.credits:
+        """Hand a units message's arena slot back once the consumer is done with the array."""
+        worker = self.workers[index]
+        if isinstance(message, Units) and isinstance(message.units, SlotRef) and worker.credits:
             try:
-                slot.credits.send(message[3].slot)
+                worker.credits.send(message.units.slot)
             except (BrokenPipeError, OSError):  # the worker is gone; its successor starts afresh
                 pass
 
@@ -350,77 +349,77 @@ class DecodePool:
         exhausted = False
         try:
             while True:
-                for index, slot in enumerate(self.slots):  # keep every idle worker busy
-                    if slot.video_id is None and not exhausted:
+                for index, worker in enumerate(self.workers):  # keep every idle worker busy
+                    if worker.video_id is None and not exhausted:
                         job = next(jobs, None)
                         if job is None:
                             exhausted = True
                             continue
-                        if not slot.process.is_alive():
+                        if not worker.process.is_alive():
                             # Died between videos (e.g. the OOM killer): the next video
                             # must not be blamed for it.
-                            slot = self.slots[index] = self._replace(index)
-                        slot.video_id, slot.last_seen = job[0], time.monotonic()
-                        slot.started = False
-                        slot.jobs.put(job)
-                busy = [s for s in self.slots if s.video_id is not None]
+                            worker = self.workers[index] = self._replace(index)
+                        worker.video_id, worker.last_seen = job[0], time.monotonic()
+                        worker.started = False
+                        worker.jobs.put(job)
+                busy = [w for w in self.workers if w.video_id is not None]
                 if not busy:
                     return
-                ready = wait([s.conn for s in busy], timeout=1.0)
+                ready = wait([w.conn for w in busy], timeout=1.0)
                 now = time.monotonic()
-                for index, slot in enumerate(self.slots):
-                    if slot.video_id is None:
+                for index, worker in enumerate(self.workers):
+                    if worker.video_id is None:
                         continue
-                    if slot.conn in ready:
+                    if worker.conn in ready:
                         try:
-                            message = slot.conn.recv()
+                            message = worker.conn.recv()
                         except (EOFError, OSError):
                             message = None
                         if message is not None:
-                            slot.last_seen = now
-                            if message[0] == "started":
-                                slot.started = True
+                            worker.last_seen = now
+                            if isinstance(message, Started):
+                                worker.started = True
                                 continue
-                            if message[0] == "done":
-                                slot.video_id = None
+                            if isinstance(message, Done):
+                                worker.video_id = None
                             # A units array in shared memory is only valid until the
                             # consumer asks for the next message.
                             yield self._unpack(index, message)
                             self._release(index, message)
                             continue
-                        reason = f"{_death(slot.process)} while decoding this video"
-                    elif not slot.started:
-                        if now - slot.last_seen <= max(self.video_timeout or 0, STARTUP_LIMIT):
+                        reason = f"{_death(worker.process)} while decoding this video"
+                    elif not worker.started:
+                        if now - worker.last_seen <= max(self.video_timeout or 0, STARTUP_LIMIT):
                             continue
                         reason = (f"the decode worker did not start within "
                                   f"{max(self.video_timeout or 0, STARTUP_LIMIT):g} s; it was "
                                   f"killed")
-                    elif self.video_timeout and (stalled := slot.beat.stall(now,
-                                                                             self.video_timeout)):
+                    elif self.video_timeout and (stalled := worker.beat.stall(
+                            now, self.video_timeout)):
                         reason = f"{stalled} (--video_timeout); the decode worker was killed"
                     else:
                         continue
-                    video_id = slot.video_id
-                    self.slots[index] = self._replace(index)
-                    yield ("error", video_id, "decode", reason)
-                    yield ("done", video_id)
+                    video_id = worker.video_id
+                    self.workers[index] = self._replace(index)
+                    yield Failed(video_id, "decode", reason)
+                    yield Done(video_id)
         finally:
             self.close()
 
     def close(self) -> None:
-        for slot in self.slots:
+        for worker in self.workers:
             try:
-                slot.jobs.put(None)
+                worker.jobs.put(None)
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + 2
-        for slot in self.slots:
-            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():
-                slot.process.kill()
-                slot.process.join(timeout=5)
-            self._close_pipes(slot)
-        self.slots = []
+        for worker in self.workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            self._close_pipes(worker)
+        self.workers = []
         for arena in self.arenas:
             arena.close()
         self.arenas = []
