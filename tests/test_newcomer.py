@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import hero_features.models.resnet as resnet_model
+import hero_features.models as registry
 import hero_features.pipeline as pipeline
 import hero_features.weights as weights
 from hero_features import legacy
@@ -149,9 +149,10 @@ PAYLOAD = b"published bytes" * 1000
 @pytest.fixture
 def resnet_hash(monkeypatch):
     """resnet's published hash is PAYLOAD's, so a test can hold "the published file"."""
-    spec = resnet_model.SPEC
-    monkeypatch.setattr(resnet_model, "SPEC", dataclasses.replace(spec, checkpoint=dataclasses.replace(
-        spec.checkpoint, sha256=hashlib.sha256(PAYLOAD).hexdigest())))
+    spec = registry.REGISTRY["resnet"]
+    monkeypatch.setitem(registry.REGISTRY, "resnet", dataclasses.replace(
+        spec, checkpoint=dataclasses.replace(spec.checkpoint,
+                                             sha256=hashlib.sha256(PAYLOAD).hexdigest())))
 
 
 def test_download_from_a_folder_verifies_and_installs(tmp_path, resnet_hash, capsys):

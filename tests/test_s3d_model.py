@@ -8,7 +8,10 @@ import shlex
 import pytest
 import torch
 
-from hero_features.models.s3d import SPEC, S3DG, load_s3d, preprocess_s3d, space_to_depth
+from hero_features.models import get_spec
+from hero_features.models.s3d import S3DG, load_s3d, preprocess_s3d, space_to_depth
+
+SPEC = get_spec("mil-nce")
 
 
 @pytest.fixture(scope="module")
@@ -146,4 +149,4 @@ def test_spec():
     assert (SPEC.name, SPEC.dim, SPEC.unit, SPEC.size, SPEC.crop) == ("mil-nce", 1024, "clip",
                                                                       224, True)
     assert SPEC.checkpoint.filename == "s3d_howto100m.pth"
-    assert SPEC.build is load_s3d and SPEC.preprocess is preprocess_s3d
+    assert SPEC.build.resolve() is load_s3d and SPEC.preprocess.resolve() is preprocess_s3d

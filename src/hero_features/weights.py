@@ -1,4 +1,5 @@
-"""Where a checkpoint comes from, how it is verified, and how it is loaded without running code.
+"""Where a checkpoint comes from and how it is verified; no torch (`hero-features models` and
+`download` run without it). Reading a checkpoint into a model is state_dicts.py.
 
 Look-up order for a file under its ORIGINAL name: --checkpoint, --weights_dir,
 $HERO_FEATURES_WEIGHTS, /models (the Docker image), then the user cache. A file found nowhere
@@ -18,20 +19,15 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
-from .models.base import Checkpoint
+from .errors import WeightsError
+from .models.spec import Checkpoint
 
 ENV_WEIGHTS = "HERO_FEATURES_WEIGHTS"
 DOCKER_WEIGHTS = Path("/models")
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint that is missing, fails verification, or does not fit the model."""
 
 
 class CheckpointMismatch(WeightsError, ValueError):
@@ -108,6 +104,16 @@ def resolve_all(ckpts: Mapping[str, Checkpoint], weights_dir: Optional[Path] = N
         raise MissingCheckpoints(f"{len(problems)} checkpoints are missing:\n  " +
                                  "\n  ".join(problems))
     return found
+
+
+def resolve_checkpoints(config) -> dict[str, Path]:
+    """Every model's checkpoint of a run (config.RunConfig), found or fetched, before any
+    worker starts: N workers fetching the same missing file would write the same .part."""
+    from .models import get_spec
+
+    return {name: resolve_checkpoint(get_spec(name).checkpoint, config.weights_dir,
+                                     config.checkpoint, download=config.download)
+            for name in config.models}
 
 
 # (path, size, mtime, inode) -> verify(); a run hashes each file once, however many times a
@@ -319,62 +325,3 @@ def short_reason(exc: BaseException) -> str:
     weights_only=False; the line naming the refused GLOBAL is the one that matters."""
     text = str(exc).splitlines() or [type(exc).__name__]
     return next((line.strip() for line in text if "GLOBAL" in line), text[0])
-
-
-def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:
-    """A PyTorch checkpoint as a state dict, refusing pickles that would run code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError for unsafe content
-        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint "
-                           f"({short_reason(exc)})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def is_bn_counter(key: str) -> bool:
-    """BatchNorm's `num_batches_tracked`: older PyTorch did not save it and eval never reads
-    it, so a checkpoint may lack it."""
-    return key.endswith("num_batches_tracked")
-
-
-def list_names(names: Sequence[str], limit: int = 20) -> str:
-    """`names` comma-separated, cut after `limit`: a wrong file can differ in every key."""
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _shape(value) -> object:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
-                           ignore_prefixes: Iterable[str] = (),
-                           optional: Callable[[str], bool] = lambda key: False,
-                           max_listed: int = 20) -> None:
-    """Load `state` into `model`, refusing any missing, unexpected or misshapen key by name.
-
-    `what` names the checkpoint in the error (e.g. "SlowFast R50 checkpoint PATH");
-    `ignore_prefixes`: checkpoint keys deliberately unused (e.g. a text tower);
-    `optional(key)`: model keys a checkpoint may lack, left as the model has them;
-    `max_listed`: names listed per problem.
-    Raises CheckpointMismatch (a WeightsError and a ValueError).
-    """
-    ignore_prefixes = tuple(ignore_prefixes)
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state and not optional(k))
-    unexpected = sorted(k for k in state if k not in expected)
-    misshapen = [f"{k} checkpoint {_shape(state[k])} != model {tuple(expected[k].shape)}"
-                 for k in sorted(state.keys() & expected.keys())
-                 if _shape(state[k]) != tuple(expected[k].shape)]
-    problems = [f"{label}: {list_names(names, max_listed)}" for label, names in
-                (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch", misshapen)) if names]
-    if problems:
-        raise CheckpointMismatch(f"{what} does not fit the model: " + "; ".join(problems))
-    # Everything left out is optional, so strict=False only lets those keep their values.
-    model.load_state_dict(state, strict=False)
