@@ -66,8 +66,8 @@ def _prog(pipeline: str, script: str) -> str:
 # --- gather ---------------------------------------------------------------------------------
 
 def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
-    from .manifest import (FolderScanError, OutputCollisionError, Row, find_videos,
-                           is_complete, write_csv)
+    from .manifest import (FolderScanError, OutputCollisionError, find_videos, is_complete,
+                           plan_outputs, write_csv)
     from .models import get_spec
 
     model = PIPELINES[pipeline][0]
@@ -90,33 +90,25 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
     if not root.is_dir():
         parser.error(f"--video_path {args.video_path} is not a folder")
     corrupted = _corrupted_ids(parser, args.corrupted_id_file)
-    videos = find_videos(root)
-    if not videos:
-        parser.error(f"no videos found under {args.video_path} (searched every sub-folder)")
-    rows, owners, collisions = [], {}, []
     try:
         videos = find_videos(root)
-    except FolderScanError as exc:
+        planned = plan_outputs(videos, root, features)
+    except (FolderScanError, OutputCollisionError) as exc:
         parser.error(str(exc))
-    for video in videos:
-        relative = Path(os.path.relpath(video, root))
-        output = features / relative.with_suffix(".npz")
-        relative = relative.with_suffix("")
-        key = os.path.normcase(str(output))
-        if key in owners:  # x.mp4 and x.webm in one folder
-            collisions.append((owners[key], video, output))
-            continue
-        owners[key] = video
-        if corrupted & {relative.name, relative.as_posix()} or not all(
-                is_complete(path, get_spec(m).dim) for m, path in _outputs(model, output)):
-            rows.append(Row(video, output))
-    if collisions:
-        parser.error(str(OutputCollisionError(collisions)))
+    if not videos:
+        parser.error(f"no videos found under {args.video_path} (searched every sub-folder)")
+    rows = []
+    for row in planned:
+        relative = row.feature_path.relative_to(features).with_suffix("")
+        done = all(is_complete(path, get_spec(m).dim)
+                   for m, path in _outputs(model, row.feature_path))
+        if corrupted & {relative.name, relative.as_posix()} or not done:
+            rows.append(row)
     # The feature folder is left to the extract step: the one clip csv serves ViT-B/32 and
     # RN50x4, and a run for RN50x4 only must not leave an empty clip-vit_features/ behind.
     csv_file = Path(args.csv_folder) / f"{model}_info.csv"
     write_csv(rows, csv_file)
-    print(f"{len(rows)} of {len(owners)} videos listed in {csv_file}")
+    print(f"{len(rows)} of {len(planned)} videos listed in {csv_file}")
     return 0
 
 
@@ -135,10 +127,16 @@ def _corrupted_ids(parser: argparse.ArgumentParser, path: str) -> set[str]:
 
 def _outputs(model: str, output: Path) -> list[tuple[str, Path]]:
     # One clip csv serves both CLIP models, so a row is done only when both outputs are.
-    if model == "clip-vit" and VIT_FOLDER in str(output):
-        return [(model, output), ("clip-rn50x4", Path(str(output).replace(VIT_FOLDER,
-                                                                          RN50X4_FOLDER)))]
-    return [(model, output)]
+    rn50x4 = _rn50x4_path(output) if model == "clip-vit" else None
+    return [(model, output)] + ([("clip-rn50x4", rn50x4)] if rn50x4 is not None else [])
+
+
+def _rn50x4_path(vit_path: Path) -> Optional[Path]:
+    """Where the reference wrote RN50x4 features: the ViT path with its clip-vit_features
+    folder renamed (None when it has none)."""
+    from .manifest import sibling_feature_path
+
+    return sibling_feature_path(vit_path, "clip-rn50x4", among=("clip-vit",))
 
 
 # --- extract --------------------------------------------------------------------------------
@@ -224,16 +222,19 @@ def _checkpoint(path: Optional[str], model: str) -> Optional[str]:
     return path  # hero-features reports it as missing
 
 
-def _slowfast_checkpoint(opts: list[str]) -> tuple[Optional[str], list[str]]:
+def slowfast_opts(opts: Sequence[str]) -> tuple[Optional[str], list[tuple[str, str]]]:
+    """The SlowFast extractor's trailing `KEY VALUE` tail: (its TEST.CHECKPOINT_FILE_PATH or
+    None, the other pairs, which mean nothing here). ValueError for an odd tail."""
+    opts = list(opts)
     if len(opts) % 2:
-        return None, opts  # hero-features reports the odd tail
-    checkpoint, rest = None, []
+        raise ValueError(f"trailing options must be KEY VALUE pairs, got {' '.join(opts)}")
+    checkpoint, others = None, []
     for key, value in zip(opts[::2], opts[1::2]):
         if key == "TEST.CHECKPOINT_FILE_PATH":
             checkpoint = value
         else:
-            rest += [key, value]
-    return checkpoint, rest
+            others.append((key, value))
+    return checkpoint, others
 
 
 def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
@@ -244,7 +245,8 @@ def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
         rows = read_csv(csv_file)
     except (OSError, ManifestError):
         return csv_file  # hero-features reports why it cannot be read
-    outside = [str(r.feature_path) for r in rows if VIT_FOLDER not in str(r.feature_path)]
+    derived_paths = [_rn50x4_path(r.feature_path) for r in rows]
+    outside = [str(r.feature_path) for r, p in zip(rows, derived_paths) if p is None]
     if outside:
         print(f"clip/extract.py: error: --model_version RN50x4 writes to the "
               f"{RN50X4_FOLDER} folder next to {VIT_FOLDER}, but these feature paths are "
@@ -252,8 +254,7 @@ def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
               f"{' ...' if len(outside) > 5 else ''}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     derived = folder / csv_file.name
-    write_csv([Row(r.video_path, Path(str(r.feature_path).replace(VIT_FOLDER, RN50X4_FOLDER)))
-               for r in rows], derived)
+    write_csv([Row(r.video_path, p) for r, p in zip(rows, derived_paths)], derived)
     return derived
 
 
@@ -284,7 +285,11 @@ def extract_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
             argv_out.append("--dataflow")
     if pipeline == "slowfast":
         argv_out += ["--min_num_features", str(args.min_num_features)]
-        checkpoint, opts = _slowfast_checkpoint(list(args.opts))
+        try:
+            checkpoint, others = slowfast_opts(args.opts)
+            opts = [word for pair in others for word in pair]
+        except ValueError:
+            opts = list(args.opts)  # hero-features reports the odd tail
     if pipeline == "mil-nce":
         checkpoint = args.s3d_ckpt
     checkpoint = _checkpoint(checkpoint, model)

@@ -38,7 +38,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .outputs import record_differences, record_from_comment, temporary_sibling
+from .atomic import atomic_file
+from .outputs import record_differences, record_from_comment
 
 __all__ = [
     "CSV_HEADER",
@@ -53,8 +54,10 @@ __all__ = [
     "gather",
     "is_complete",
     "output_status",
+    "plan_outputs",
     "plan_rows",
     "read_csv",
+    "sibling_feature_path",
     "write_csv",
 ]
 
@@ -193,12 +196,21 @@ def plan_rows(
     videos: Iterable[Path], video_root: Path, output_dir: Path, model: str
 ) -> list[Row]:
     """One row per video, in the given order; raises if two videos share an output."""
+    _check_model_id(model)
+    return plan_outputs(videos, video_root, Path(output_dir) / f"{model}_features")
+
+
+def plan_outputs(videos: Iterable[Path], video_root: Path, feature_dir: Path) -> list[Row]:
+    """One row per video, its output the video's place under the root mirrored under
+    `feature_dir` (extension -> .npz), in the given order; raises OutputCollisionError
+    naming every pair of videos that would share an output."""
     rows: list[Row] = []
     owner_of: dict[str, Path] = {}
     collisions: list[tuple[Path, Path, Path]] = []
     for video in videos:
         video = Path(video)
-        output = feature_path(video, video_root, output_dir, model)
+        relative = _relative_to_root(video, Path(video_root))
+        output = Path(feature_dir) / relative.with_suffix(".npz")
         # normcase: on a case-insensitive file system X.npz and x.npz are one file.
         key = os.path.normcase(str(output))
         owner = owner_of.get(key)
@@ -210,6 +222,19 @@ def plan_rows(
     if collisions:
         raise OutputCollisionError(collisions)
     return rows
+
+
+def sibling_feature_path(path: Path, model: str, among: Iterable[str]) -> Optional[Path]:
+    """`path` with its last `<m>_features` folder (m one of `among`) swapped for
+    `<model>_features`, the rule by which the reference derived its RN50x4 paths from ViT
+    ones; None when the path has no such folder."""
+    folders = {f"{m}_features" for m in among}
+    parts = list(Path(path).parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in folders:
+            parts[i] = f"{model}_features"
+            return Path(*parts)
+    return None
 
 
 # --- csv files ------------------------------------------------------------------------------
@@ -225,17 +250,9 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         (_csv_field(row.video_path), _csv_field(row.feature_path)) for row in rows
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _create_temporary_sibling(path)
-    try:
-        # surrogateescape: file names that are not valid UTF-8 keep their exact bytes.
-        with open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-            _write_lines(out, lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # surrogateescape: file names that are not valid UTF-8 keep their exact bytes.
+    with atomic_file(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+        _write_lines(out, lines)
 
 
 def _write_lines(out, lines: list[tuple[str, str]]) -> None:
@@ -258,14 +275,6 @@ def _csv_field(path: Path) -> str:
     if text != text.lstrip():
         text = os.curdir + os.sep + text
     return text
-
-
-def _create_temporary_sibling(path: Path) -> Path:
-    # Same directory, so os.replace is a rename on one file system. Created with os.open (not
-    # mkstemp) so the final file gets the usual umask permissions rather than 0600.
-    temporary = temporary_sibling(path)
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    return temporary
 
 
 def read_csv(path: Path) -> list[Row]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .manifest import is_features_file
-from .outputs import NAME_MAX
+from .atomic import NAME_MAX
 
 SHOWN = 5  # problems named in the one-line refusal
 

@@ -14,8 +14,9 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .atomic import atomic_file
+
 FAILURE_LOG = "failed.jsonl"
-NAME_MAX = 255  # bytes in one file name on Linux file systems (ext4, xfs, btrfs, tmpfs, NFS)
 
 # The record of what made an output is the zip archive's comment: np.load, HERO's loaders
 # and compare.py read only the `features` member and never see it, it is renamed into place
@@ -31,30 +32,6 @@ RECORD_SETTINGS = ("model", "clip_len", "checkpoint_sha256", "precision", "targe
 # same settings write byte-identical files. The file's own mtime still says when.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _ZIP_EPOCH_DOS = bytes([0, 0, 0x21, 0])  # DOS time 00:00:00, date 1980-01-01, little-endian
-
-
-def fitted_name(prefix: str, name: str, suffix: str, limit: int = NAME_MAX) -> str:
-    """prefix + name + suffix, with `name` shortened (from its end, on a character boundary)
-    so that the whole fits in `limit` bytes: a temporary name must never be what makes a
-    write fail. Names that are not UTF-8 keep their bytes (surrogateescape)."""
-    room = limit - len(os.fsencode(prefix + suffix))
-    encoded = os.fsencode(name)
-    if len(encoded) <= room:
-        return prefix + name + suffix
-    cut = encoded[:room - 1]  # one byte left for the "~" that marks the cut
-    try:
-        name.encode("utf-8")
-        short = cut.decode("utf-8", "ignore")  # drops a character cut in half
-    except UnicodeEncodeError:  # not UTF-8 to begin with: the bytes stay as they are
-        short = os.fsdecode(cut)
-    return prefix + short + "~" + suffix
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A hidden, unique temporary name next to `path`, within the file-name limit."""
-    path = Path(path)
-    return path.with_name(fitted_name(".", path.name,
-                                      f".{os.getpid()}.{secrets.token_hex(4)}.tmp"))
 
 
 def make_record(model: str, clip_len, checkpoint_sha256: str, precision: str, *,
@@ -118,48 +95,14 @@ def _seal(f, record: Optional[Mapping]) -> None:
 
 
 def write_features(path: Path, features: np.ndarray, record: Optional[Mapping] = None) -> None:
-    """np.savez(path, features=...) written to a temporary name in the same folder, sealed
-    with `record` (see read_record), flushed to disk and renamed, so a crash never leaves a
-    partial .npz under the final name.
-
-    A run killed mid-write leaves only a hidden `.<name>.<pid>.<random>.tmp`, which nothing
-    counts as an output (manifest.is_complete wants the final `.npz` name).
-    """
+    """np.savez(path, features=...) written atomically (atomic.atomic_file) and sealed with
+    `record` (see read_record): a crash never leaves a partial .npz under the final name
+    (manifest.is_complete wants the final `.npz` name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    # Not mkstemp: its 0600 would make every output unreadable to the rest of a group that
-    # shares the features; 0666 less the umask is what a plain np.savez gives.
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            np.savez(f, features=np.ascontiguousarray(features))
-            _seal(f, record)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself reaches the disk only with its directory: without this, a power cut
-    # can lose an output the run already counted (never leave a partial one, though).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the data itself is on disk
-    finally:
-        os.close(fd)
+    with atomic_file(path, "w+b") as f:
+        np.savez(f, features=np.ascontiguousarray(features))
+        _seal(f, record)
 
 
 def ensure_writable_dir(folder: Path) -> None:
@@ -185,16 +128,12 @@ class FailureLog:
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / FAILURE_LOG
         self._lock = threading.Lock()
-        self.count = 0
-        self.warnings = 0
 
     def record(self, video_path, model: str, stage: str, error: str) -> None:
         self._append(video_path, model, stage, error, "error")
-        self.count += 1
 
     def warn(self, video_path, model: str, stage: str, message: str) -> None:
         self._append(video_path, model, stage, message, "warning")
-        self.warnings += 1
 
     def _append(self, video_path, model: str, stage: str, message: str, severity: str) -> None:
         entry = {"video_path": str(video_path), "model": model, "stage": stage,
