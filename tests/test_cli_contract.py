@@ -23,11 +23,12 @@ import torch
 
 import bad_corpus
 import faults
+import hero_features.device_runner as device_runner
 import hero_features.pipeline as pipeline
 import hero_features.weights as weights
 import hero_features.workers as workers
 from hero_features.cli import main
-from hero_features.distributed import shard_of
+from hero_features.shards import shard_of
 from hero_features.manifest import feature_path, is_complete, read_csv
 from hero_features.models import MODEL_IDS, get_spec
 from helpers import assert_parity_of, failures, load
@@ -51,7 +52,7 @@ def _summary(err: str) -> str:
 def cached_models():
     """load_models once per set of models for the in-process runs of this module (only
     successful loads are kept, so a missing checkpoint still fails as it would)."""
-    real, cache = pipeline.load_models, {}
+    real, cache = device_runner.load_models, {}
 
     def load_models(config, device):
         key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
@@ -61,7 +62,7 @@ def cached_models():
         return dict(cache[key])
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_models", load_models)
+        mp.setattr(device_runner, "load_models", load_models)
         yield
 
 
@@ -264,7 +265,7 @@ def test_a_decode_stalled_past_video_timeout_is_logged_and_the_run_goes_on(
     out = tmp_path / "out"
     monkeypatch.setenv(faults.GATE_ENV, f"b.mp4:{tmp_path / 'b-started'}")
     monkeypatch.setattr(pipeline, "DecodePool",
-                        functools.partial(pipeline.DecodePool, produce_fn=faults.gated_produce))
+                        functools.partial(pipeline.DecodePool, decode_fn=faults.gated_decode))
     status = _extract(out, "--model", LIGHT, "--video_path", videos,
                       "--num_decoding_thread", "1", "--video_timeout", "1",
                       weights_dir=synthetic_checkpoints)
@@ -288,7 +289,7 @@ def test_video_timeout_0_lets_a_decode_stall_for_as_long_as_it_takes(
     monkeypatch.setenv(faults.STALL_ENV, f"b.mp4:{started}:{release}")
     monkeypatch.setattr(pipeline, "DecodePool",
                         functools.partial(pipeline.DecodePool,
-                                          produce_fn=faults.stalling_produce))
+                                          decode_fn=faults.stalling_decode))
     real_wait, idle_rounds = workers.wait, []
 
     def wait(objects, timeout=None):

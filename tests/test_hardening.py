@@ -30,15 +30,17 @@ import pytest
 import bad_corpus
 import faults
 from bad_corpus import CASES, FAILURE, FEATURES, WARNING
+from hero_features.config import DecodeSettings, InputGroup
 from hero_features.manifest import feature_path, find_videos, is_complete
-from hero_features.producer import Group, Settings, frame_rate, produce
+from hero_features.messages import Info
+from hero_features.producer import decode_video_units, frame_rate
 from hero_features.video import DecodeSpec, decode, output_dims, probe
 from hero_features.workers import DecodePool
 from helpers import failures, load
 from test_video import needs_ffmpeg, reference_cli_bytes
 
-RESNET = [Group(("resnet",), "frame", 224, False)]
-SETTINGS = Settings(clip_len=Fraction(3, 2))
+RESNET = [InputGroup(("resnet",), "frame", 224, False)]
+SETTINGS = DecodeSettings(clip_len=Fraction(3, 2))
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 
@@ -89,9 +91,9 @@ def _wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
 @pytest.fixture(scope="module")
 def cached_models():
     """load_models once per checkpoint for the in-process runs of this module."""
-    import hero_features.pipeline as pipeline
+    import hero_features.device_runner as device_runner
 
-    real, cache = pipeline.load_models, {}
+    real, cache = device_runner.load_models, {}
 
     def load_models(config, device):
         key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
@@ -101,7 +103,7 @@ def cached_models():
         return dict(cache[key])
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "load_models", load_models)
+        mp.setattr(device_runner, "load_models", load_models)
         yield
 
 
@@ -290,11 +292,11 @@ def test_playlists_and_lists_cannot_make_ffmpeg_open_anything_else(tmp_path):
     try:
         for name, content in hostile.items():
             (tmp_path / name).write_bytes(content)
-            messages = list(produce(0, str(tmp_path / name), RESNET, SETTINGS))
-            kinds = [m[0] for m in messages]
+            messages = list(decode_video_units(0, str(tmp_path / name), RESNET, SETTINGS))
+            kinds = [m.kind for m in messages]
             assert kinds == ["error"], (name, messages)
-            assert messages[0][2] == "open", (name, messages)
-            assert re.search(r"refus|cannot open", messages[0][3]), (name, messages)
+            assert messages[0].stage == "open", (name, messages)
+            assert re.search(r"refus|cannot open", messages[0].reason), (name, messages)
         assert watch.events() == 0, "FFmpeg opened the file a playlist named"
         with pytest.raises(BlockingIOError):
             server.accept()  # nothing connected to the "segment server"
@@ -404,21 +406,21 @@ def test_a_malicious_checkpoint_on_the_command_line_is_one_clear_error(tmp_path,
 
 def hang_on_hang(video_id, path, groups, settings, active):
     if "hang" in Path(path).name:
-        yield ("info", video_id, None)
+        yield Info(video_id, None)
         read_end, _ = os.pipe()
         os.read(read_end, 1)  # blocks in the kernel: nobody ever writes
-    yield from produce(video_id, path, groups, settings, active)
+    yield from decode_video_units(video_id, path, groups, settings, active)
 
 
 def die_on_request(video_id, path, groups, settings, active):
     name = Path(path).name
     if "exit" in name or "abort" in name:
-        yield ("info", video_id, None)
+        yield Info(video_id, None)
         if "exit" in name:
             os._exit(3)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the abort
         os.abort()
-    yield from produce(video_id, path, groups, settings, active)
+    yield from decode_video_units(video_id, path, groups, settings, active)
 
 
 @pytest.fixture(scope="module")
@@ -428,19 +430,19 @@ def small_video(tmp_path_factory) -> Path:
                              container_format="mp4")
 
 
-def _run_pool(paths, produce_fn, timeout):
-    pool = DecodePool(2, RESNET, SETTINGS, video_timeout=timeout, produce_fn=produce_fn)
+def _run_pool(paths, decode_fn, timeout):
+    pool = DecodePool(2, RESNET, SETTINGS, video_timeout=timeout, decode_fn=decode_fn)
     seen: dict[int, list] = {i: [] for i in range(len(paths))}
     started = time.monotonic()
     for message in pool.messages((i, str(p), (0,)) for i, p in enumerate(paths)):
-        seen[message[1]].append(message)
+        seen[message.video_id].append(message)
     return seen, pool.replaced, time.monotonic() - started
 
 
 def _assert_fine(messages):
-    kinds = [m[0] for m in messages]
+    kinds = [m.kind for m in messages]
     assert "error" not in kinds and kinds[-2:] == ["end", "done"], kinds
-    assert sum(m[3].shape[0] for m in messages if m[0] == "units") == 1
+    assert sum(m.units.shape[0] for m in messages if m.kind == "units") == 1
 
 
 def test_a_decoder_hung_in_native_code_is_killed_and_the_rest_go_on(tmp_path, small_video):
@@ -448,10 +450,10 @@ def test_a_decoder_hung_in_native_code_is_killed_and_the_rest_go_on(tmp_path, sm
              ("a.mp4", "hang.mp4", "b.mp4", "c.mp4")]
     seen, replaced, seconds = _run_pool(paths, hang_on_hang, timeout=2)
     hung = seen[1]
-    errors = [m for m in hung if m[0] == "error"]
-    assert len(errors) == 1 and hung[-1][0] == "done"
-    assert errors[0][2] == "decode" and "video_timeout" in errors[0][3]
-    assert "killed" in errors[0][3]
+    errors = [m for m in hung if m.kind == "error"]
+    assert len(errors) == 1 and hung[-1].kind == "done"
+    assert errors[0].stage == "decode" and "video_timeout" in errors[0].reason
+    assert "killed" in errors[0].reason
     for i in (0, 2, 3):
         _assert_fine(seen[i])
     assert replaced == 1
@@ -463,10 +465,10 @@ def test_a_decoder_that_dies_is_reported_and_the_rest_go_on(tmp_path, small_vide
              ("a.mp4", "exit.mp4", "b.mp4", "abort.mp4", "c.mp4")]
     seen, replaced, _ = _run_pool(paths, die_on_request, timeout=30)
     for index, why in ((1, "exit code 3"), (3, "SIGABRT")):
-        errors = [m for m in seen[index] if m[0] == "error"]
-        assert len(errors) == 1 and seen[index][-1][0] == "done", seen[index]
-        assert errors[0][2] == "decode"
-        assert "worker died" in errors[0][3] and why in errors[0][3], errors[0][3]
+        errors = [m for m in seen[index] if m.kind == "error"]
+        assert len(errors) == 1 and seen[index][-1].kind == "done", seen[index]
+        assert errors[0].stage == "decode"
+        assert "worker died" in errors[0].reason and why in errors[0].reason, errors[0].reason
     for i in (0, 2, 4):
         _assert_fine(seen[i])
     assert replaced == 2
@@ -491,14 +493,14 @@ from hero_features.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-# Runs the CLI with its decode workers running faults.gated_produce: the video named in
+# Runs the CLI with its decode workers running faults.gated_decode: the video named in
 # $HERO_TEST_GATE never finishes decoding, so the run cannot end before it is interrupted.
 _GATED_DECODE = """
 import functools, sys
 sys.path.insert(0, sys.argv[1])
 import faults
 import hero_features.pipeline as pipeline
-pipeline.DecodePool = functools.partial(pipeline.DecodePool, produce_fn=faults.gated_produce)
+pipeline.DecodePool = functools.partial(pipeline.DecodePool, decode_fn=faults.gated_decode)
 from hero_features.cli import main
 sys.exit(main(sys.argv[2:]))
 """

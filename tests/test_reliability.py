@@ -26,16 +26,17 @@ import pytest
 import bad_corpus
 from hero_features import __version__
 from hero_features.cli import build_parser, main
+from hero_features.atomic import NAME_MAX, temporary_sibling
 from hero_features.manifest import ManifestError, find_videos, is_complete, read_csv
-from hero_features.outputs import (NAME_MAX, make_record, read_record, temporary_sibling,
-                                   write_features)
-from hero_features.pipeline import RunConfig
-from hero_features.producer import Group, Settings, produce
+from hero_features.outputs import make_record, read_record, write_features
+from hero_features.config import RunConfig
+from hero_features.config import DecodeSettings, InputGroup
+from hero_features.producer import decode_video_units
 from hero_features.video import _DEMUXERS_THAT_OPEN_OTHER_FILES, _FORMAT_WHITELIST
 from hero_features.workers import DecodePool, inline_messages
 from helpers import failures, load
 
-RESNET = [Group(("resnet",), "frame", 224, False)]
+RESNET = [InputGroup(("resnet",), "frame", 224, False)]
 SRC = Path(__file__).resolve().parent.parent / "src"
 README = Path(__file__).resolve().parent.parent / "README.md"
 RELIABILITY = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
@@ -62,9 +63,9 @@ def clip4s(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cached_models():
     """load_models once per checkpoint for the in-process runs of this module."""
-    import hero_features.pipeline as pipeline
+    import hero_features.device_runner as device_runner
 
-    real, cache = pipeline.load_models, {}
+    real, cache = device_runner.load_models, {}
 
     def load_models(config, device):
         key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
@@ -74,7 +75,7 @@ def cached_models():
         return dict(cache[key])
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "load_models", load_models)
+        patch.setattr(device_runner, "load_models", load_models)
         yield
 
 
@@ -82,14 +83,14 @@ def cached_models():
 def nothing_decoded(monkeypatch):
     """Decoding or loading a model fails the test (runs use --num_decoding_thread 0, so any
     decode would happen in this process)."""
-    import hero_features.pipeline as pipeline
+    import hero_features.device_runner as device_runner
     import hero_features.producer as producer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("decoding or model loading started")
 
     monkeypatch.setattr(producer, "open_video", forbidden)
-    monkeypatch.setattr(pipeline, "load_models", forbidden)
+    monkeypatch.setattr(device_runner, "load_models", forbidden)
 
 
 def run(capsys, out: Path, *args, weights: Path, threads: int = 0) -> tuple[int, str]:
@@ -356,9 +357,10 @@ def test_a_vobsub_index_never_opens_its_sibling(tmp_path, clip):
     sibling = shutil.copy(clip, tmp_path / "x.sub")
     watch = Inotify(sibling)
     try:
-        messages = list(produce(0, str(tmp_path / "x.mp4"), RESNET, Settings(Fraction(3, 2))))
-        assert [m[0] for m in messages] == ["error"] and messages[0][2] == "open", messages
-        assert "refusing the file: it looks like a VobSub subtitle index" in messages[0][3]
+        messages = list(decode_video_units(0, str(tmp_path / "x.mp4"), RESNET,
+                                           DecodeSettings(Fraction(3, 2))))
+        assert [m.kind for m in messages] == ["error"] and messages[0].stage == "open", messages
+        assert "refusing the file: it looks like a VobSub subtitle index" in messages[0].reason
         assert watch.events() == 0, "FFmpeg opened the .sub"
         with open(sibling, "rb") as f:  # the watch itself works
             f.read(1)
@@ -373,15 +375,16 @@ def test_a_vobsub_index_next_to_a_fifo_neither_hangs_nor_opens_it(tmp_path, clip
     os.mkfifo(tmp_path / "x.sub")
     shutil.copy(clip, tmp_path / "good.mp4")
     jobs = [(0, str(tmp_path / "x.mp4"), (0,)), (1, str(tmp_path / "good.mp4"), (0,))]
-    settings = RunConfig(models=["resnet"], clip_len=Fraction(3, 2), workers=workers).settings
+    settings = RunConfig(models=["resnet"], clip_len=Fraction(3, 2),
+                         decode_workers=workers).decode_settings
     if workers:
         messages = list(DecodePool(workers, RESNET, settings, video_timeout=30).messages(jobs))
     else:
         messages = list(inline_messages(iter(jobs), RESNET, settings, video_timeout=30))
-    first = [m for m in messages if m[1] == 0]
-    assert [m[0] for m in first] == ["error", "done"], first
-    assert "VobSub" in first[0][3]
-    assert [m[0] for m in messages if m[1] == 1][-2:] == ["end", "done"]
+    first = [m for m in messages if m.video_id == 0]
+    assert [m.kind for m in first] == ["error", "done"], first
+    assert "VobSub" in first[0].reason
+    assert [m.kind for m in messages if m.video_id == 1][-2:] == ["end", "done"]
 
 
 # == 8: damage verdicts do not depend on decoder threads ======================================
@@ -400,12 +403,12 @@ def cut_mp4(tmp_path_factory) -> Path:
 
 
 def _verdicts(messages) -> list[tuple]:
-    return [(m[0], m[2], m[3]) for m in messages if m[0] in ("warning", "error")]
+    return [(m.kind, *m[1:]) for m in messages if m.kind in ("warning", "error")]
 
 
 def test_a_cut_file_gets_the_same_warning_with_any_decoder_threads(cut_mp4):
-    verdicts = {threads: _verdicts(produce(0, str(cut_mp4), RESNET,
-                                           Settings(Fraction(3, 2), threads=threads)))
+    verdicts = {threads: _verdicts(decode_video_units(
+        0, str(cut_mp4), RESNET, DecodeSettings(Fraction(3, 2), threads=threads)))
                 for threads in (1, 2, 4, 0)}
     first = verdicts[1]
     assert len(first) == 1 and first[0][0] == "warning", verdicts
@@ -418,7 +421,7 @@ def test_inline_and_workers_give_the_same_warning(cut_mp4):
     seen = {}
     for workers in (0, 1, 2):
         settings = RunConfig(models=["resnet"], clip_len=Fraction(3, 2),
-                             workers=workers).settings
+                             decode_workers=workers).decode_settings
         messages = (list(DecodePool(workers, RESNET, settings).messages(iter(jobs)))
                     if workers else list(inline_messages(iter(jobs), RESNET, settings, 60)))
         seen[workers] = _verdicts(messages)
@@ -581,12 +584,12 @@ def test_the_shortest_and_longest_clip_len_are_accepted(tmp_path, clip, nothing_
 def test_a_batch_buffer_that_cannot_be_allocated_is_one_line(tmp_path, clip, cached_models,
                                                              synthetic_checkpoints, capsys,
                                                              monkeypatch):
-    import hero_features.pipeline as pipeline
+    import hero_features.batcher as batcher
 
-    real_torch = pipeline.torch
+    real_torch = batcher.torch
 
     class TorchWithoutMemory:
-        """pipeline's torch, whose empty() fails as the CPU allocator does."""
+        """the batcher's torch, whose empty() fails as the CPU allocator does."""
 
         def __getattr__(self, name):
             return getattr(real_torch, name)
@@ -599,7 +602,7 @@ def test_a_batch_buffer_that_cannot_be_allocated_is_one_line(tmp_path, clip, cac
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(clip, videos / "a.mp4")
-    monkeypatch.setattr(pipeline, "torch", TorchWithoutMemory())
+    monkeypatch.setattr(batcher, "torch", TorchWithoutMemory())
     status, err = run(capsys, tmp_path / "out", "--video_path", videos,
                       weights=synthetic_checkpoints)
     monkeypatch.undo()
