@@ -21,13 +21,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import hero_features.distributed as distributed
-from hero_features.distributed import (cpu_threads, parse_shard, resolve_gpus, run_multi_device,
-                                       select_shard, shard_key, shard_of)
+import hero_features.multigpu as multigpu
+import hero_features.ray_backend as ray_backend
+from hero_features.config import Job, RunConfig
 from hero_features.manifest import is_complete
+from hero_features.multigpu import cpu_threads, resolve_gpus, run_multi_device
 from hero_features.outputs import FailureLog, Summary
-from hero_features.pipeline import Job, RunConfig, run_on_device
-from hero_features.producer import produce
+from hero_features.pipeline import run_on_device
+from hero_features.shards import parse_shard, select_shard, shard_key, shard_of
+from hero_features.producer import decode_video_units
 from hero_features.weights import WeightsError
 from helpers import failures, load
 
@@ -47,7 +49,8 @@ def video_dir(tmp_path_factory) -> Path:
 
 
 def make_config(weights: Path, out: Path, workers: int = 0) -> RunConfig:
-    return RunConfig(models=["resnet"], clip_len=Fraction(3, 2), batch_size=2, workers=workers,
+    return RunConfig(models=["resnet"], clip_len=Fraction(3, 2), batch_size=2,
+                     decode_workers=workers,
                      weights_dir=weights, download=False, output_dir=out, progress=False)
 
 
@@ -115,14 +118,14 @@ class _DieOnTaking:
         return getattr(self.conn, name)
 
 
-def worker_dying_on_b(slot, device, config, conn, log_path, threads):
-    distributed._worker_main(slot, device, config, _DieOnTaking(conn), log_path, threads)
+def worker_dying_on_b(rank, device, config, conn, threads):
+    multigpu._worker_main(rank, device, config, _DieOnTaking(conn), threads)
 
 
-def produce_dying_on_c(video_id, path, groups, settings, active=None, on_frame=None):
+def decode_dying_on_c(video_id, path, groups, settings, active=None, on_frame=None):
     if Path(path).name == RAY_DIES_ON:
         os._exit(DEATH_CODE)
-    yield from produce(video_id, path, groups, settings, active, on_frame=on_frame)
+    yield from decode_video_units(video_id, path, groups, settings, active, on_frame=on_frame)
 
 
 def assert_matches(out: Path, expected: dict, names) -> None:
@@ -239,7 +242,7 @@ def test_shard_spelling():
 def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_dir, reference,
                                                                synthetic_checkpoints):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[data]')")
-    from hero_features.distributed import RayOptions, run_ray
+    from hero_features.ray_backend import RayOptions, run_ray
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
@@ -256,7 +259,7 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
         run_ray(make_config(synthetic_checkpoints, tmp_path), jobs, summary,
                 FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
                 on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
-                produce_fn=produce_dying_on_c)
+                decode_fn=decode_dying_on_c)
     finally:
         ray.shutdown()
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -311,9 +314,9 @@ class _CountedWaits:
 
 def _watch(monkeypatch, limit: float, on_stall):
     clock = _Clock()
-    monkeypatch.setattr(distributed, "time", clock)  # only the watchdog's module sees it
+    monkeypatch.setattr(ray_backend, "time", clock)  # only the watchdog's module sees it
     before = set(threading.enumerate())
-    watch = distributed._StallWatch(limit, "x.mp4", on_stall=on_stall)
+    watch = ray_backend._StallWatch(limit, "x.mp4", on_stall=on_stall)
     thread, = set(threading.enumerate()) - before
     watch.stopped = _CountedWaits(watch.stopped)
     return watch, clock, thread

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 import bad_corpus
-from hero_features.producer import Group, Settings
+from hero_features.config import DecodeSettings, InputGroup
+from hero_features.messages import End, Info, Units
 from hero_features.transport import ARENA_PREFIX
 from hero_features.workers import DecodePool, Heartbeat, inline_messages
 from helpers import failures
 
-RESNET = [Group(("resnet",), "frame", 224, False)]
-SETTINGS = Settings(clip_len=Fraction(3, 2))
+RESNET = [InputGroup(("resnet",), "frame", 224, False)]
+SETTINGS = DecodeSettings(clip_len=Fraction(3, 2))
 SRC = Path(__file__).resolve().parent.parent / "src"
 VIDEOS = 4
 
@@ -51,9 +52,10 @@ def _argv(videos: Path, out: Path, weights: Path, *extra) -> list[str]:
 _HOLD_SECOND_BATCH = """
 import signal, sys, time
 from pathlib import Path
-import hero_features.pipeline as pipeline
+import hero_features.device_runner as device_runner
+import hero_features.writer as writer
 flag = Path(sys.argv[1])
-real_write, real_forward, batches = pipeline.write_features, pipeline.device_features, []
+real_write, real_forward, batches = writer.write_features, device_runner.device_features, []
 def write_features(path, features, record=None):
     real_write(path, features, record)
     flag.write_text(str(path))
@@ -65,7 +67,7 @@ def device_features(*args, **kwargs):
         while True:
             signal.pause()
     return real_forward(*args, **kwargs)
-pipeline.write_features, pipeline.device_features = write_features, device_features
+writer.write_features, device_runner.device_features = write_features, device_features
 from hero_features.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -73,8 +75,8 @@ sys.exit(main(sys.argv[2:]))
 # --gpus with CPU stand-ins for the devices (the supervisor path is the same).
 _CPU_GPUS = """
 import sys
-import hero_features.distributed as distributed
-distributed.resolve_gpus = lambda text, available=None: ["cpu"] * int(text)
+import hero_features.multigpu as multigpu
+multigpu.resolve_gpus = lambda text, available=None: ["cpu"] * int(text)
 from hero_features.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -255,41 +257,41 @@ def test_heartbeat_says_what_stalled():
 def slow_to_first_message(video_id, path, groups, settings, active, on_frame=None):
     """Many decoded frames before the first kept one (an 8K video sampled at 2/3 fps): the
     first message comes after 3 s, frames every 50 ms."""
-    yield ("info", video_id, None)
+    yield Info(video_id, None)
     for _ in range(60):
         time.sleep(0.05)
         on_frame()
     import numpy as np
-    yield ("units", video_id, 0, np.zeros((1, 8, 8, 3), np.uint8))
-    yield ("end", video_id, 2.0)
+    yield Units(video_id, 0, np.zeros((1, 8, 8, 3), np.uint8))
+    yield End(video_id, 2.0)
 
 
 def hangs(video_id, path, groups, settings, active, on_frame=None):
     """Hangs in the kernel opening the file ('open' in its name) or after three frames."""
     if "open" not in Path(path).name:
-        yield ("info", video_id, None)
+        yield Info(video_id, None)
         for _ in range(3):
             on_frame()
     read_end, _ = os.pipe()
     os.read(read_end, 1)  # nobody ever writes
-    yield ("end", video_id, 0.0)
+    yield End(video_id, 0.0)
 
 
 def test_a_decoder_busy_between_messages_is_not_a_stall():
     jobs = [(0, "slow.mp4", (0,))]
     pooled = list(DecodePool(1, RESNET, SETTINGS, video_timeout=1.5,
-                             produce_fn=slow_to_first_message).messages(iter(jobs)))
+                             decode_fn=slow_to_first_message).messages(iter(jobs)))
     inline = list(inline_messages(iter(jobs), RESNET, SETTINGS, video_timeout=1.5,
-                                  produce_fn=slow_to_first_message))
+                                  decode_fn=slow_to_first_message))
     for messages in (pooled, inline):
-        assert [m[0] for m in messages] == ["info", "units", "end", "done"], messages
+        assert [m.kind for m in messages] == ["info", "units", "end", "done"], messages
 
 
 def test_a_stalled_worker_is_named_by_what_stalled():
     jobs = [(0, "open.mp4", (0,)), (1, "frames.mp4", (0,))]
     messages = list(DecodePool(2, RESNET, SETTINGS, video_timeout=2,
-                               produce_fn=hangs).messages(iter(jobs)))
-    errors = {m[1]: m[3] for m in messages if m[0] == "error"}
+                               decode_fn=hangs).messages(iter(jobs)))
+    errors = {m.video_id: m.reason for m in messages if m.kind == "error"}
     assert errors == {
         0: "FFmpeg did not finish opening and probing the file in 2 s (--video_timeout); the "
            "decode worker was killed",
@@ -301,27 +303,27 @@ def test_inline_decoding_has_the_same_stall_timeout():
     release = threading.Event()
 
     def hangs_inline(video_id, path, groups, settings, active, on_frame=None):
-        yield ("info", video_id, None)
+        yield Info(video_id, None)
         on_frame()
         release.wait()  # stuck (in the real case: in native code, which nothing can stop)
         on_frame()  # abandoned: this raises, so the thread ends once released
-        yield ("end", video_id, 0.0)
+        yield End(video_id, 0.0)
 
     def fine(video_id, path, groups, settings, active, on_frame=None):
         if "hang" in path:
             yield from hangs_inline(video_id, path, groups, settings, active, on_frame)
             return
-        yield ("info", video_id, None)
+        yield Info(video_id, None)
         on_frame()
-        yield ("end", video_id, 1.0)
+        yield End(video_id, 1.0)
 
     jobs = [(0, "hang.mp4", (0,)), (1, "next.mp4", (0,))]
     try:
         messages = list(inline_messages(iter(jobs), RESNET, SETTINGS, video_timeout=1,
-                                        produce_fn=fine))
+                                        decode_fn=fine))
     finally:
         release.set()
-    assert [m[0] for m in messages] == ["info", "error", "done", "info", "end", "done"]
-    assert messages[1][2:] == ("decode", "the decoder stopped: no frame decoded for 1 s after "
+    assert [m.kind for m in messages] == ["info", "error", "done", "info", "end", "done"]
+    assert messages[1][1:] == ("decode", "the decoder stopped: no frame decoded for 1 s after "
                                          "frame 1 (--video_timeout); the video was abandoned "
                                          "and its decode thread left behind")
