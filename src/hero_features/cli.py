@@ -275,22 +275,6 @@ def _no_videos(root: Path) -> str:
             f"names starting with '.' are skipped)")
 
 
-def _check_checkpoints(config, command: str = "extract") -> None:
-    """Before any video: find (or fetch) every model's checkpoint, naming all that are missing
-    in one error, and warn once, loudly, about any under an official name that is not the
-    published file."""
-    from .models import get_spec
-    from .weights import mismatch_warning, resolve_all
-
-    ckpts = {name: get_spec(name).checkpoint for name in config.models}
-    found = resolve_all(ckpts, config.weights_dir, config.checkpoint, download=config.download)
-    official = {name: (path, ckpts[name]) for name, path in found.items()
-                if path.name == ckpts[name].filename}
-    warning = mismatch_warning(official)
-    if warning:
-        print(f"hero-features {command}: {warning}", file=sys.stderr)
-
-
 def _pick_device(name: Optional[str]):
     import torch
 
@@ -333,22 +317,32 @@ def _check_numbers(args, clip_len: Fraction, specs) -> None:
 
 
 def _records(args, models: list[str], checkpoint: Optional[Path], clip_len: Fraction) -> tuple:
-    """(model -> checkpoint path, model -> record of what makes its outputs)."""
+    """(model -> checkpoint path, model -> record of what makes its outputs).
+
+    Before any video: every model's checkpoint is found (or fetched), all that are missing
+    named in one error, and any under an official name that is not the published file is
+    warned about once, loudly."""
     from .models import get_spec
     from .outputs import make_record
-    from .weights import WeightsError, checkpoint_sha256, resolve_checkpoint
+    from .weights import WeightsError, checkpoint_sha256, mismatch_warning, resolve_all
 
-    paths, records = {}, {}
+    ckpts = {model: get_spec(model).checkpoint for model in models}
+    try:
+        paths = resolve_all(ckpts, args.weights_dir, checkpoint,
+                            download=not args.no_download)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
+    warning = mismatch_warning({model: (path, ckpts[model]) for model, path in paths.items()
+                                if path.name == ckpts[model].filename})
+    if warning:
+        print(f"hero-features extract: {warning}", file=sys.stderr)
+    records = {}
     for model in models:
         spec = get_spec(model)
         try:
-            paths[model] = resolve_checkpoint(spec.checkpoint, args.weights_dir, checkpoint,
-                                              download=not args.no_download)
             sha256 = checkpoint_sha256(paths[model])
-        except WeightsError as exc:
-            raise UsageError(str(exc)) from None
         except OSError as exc:
-            raise UsageError(f"cannot read the checkpoint {paths.get(model)}: "
+            raise UsageError(f"cannot read the checkpoint {paths[model]}: "
                              f"{exc.strerror or exc}") from None
         records[model] = make_record(model, clip_len, sha256, args.precision,
                                      clip_model=spec.unit == "clip",
@@ -475,11 +469,6 @@ def cmd_extract(args) -> int:
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
         progress=not args.no_progress, precision=args.precision, checkpoints=checkpoints,
         records=records)
-    try:
-        if todo:  # before the output folder is made: a run that cannot start leaves nothing
-            _check_checkpoints(config)
-    except WeightsError as exc:
-        raise UsageError(str(exc)) from None
     try:
         ensure_writable_dir(args.output_dir)
     except OSError as exc:
