@@ -40,3 +40,15 @@ def synthetic_checkpoints(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     return sorted(VIDEOS.glob("*.mp4"))
+
+
+@pytest.fixture(scope="session")
+def timeline_corpus(tmp_path_factory) -> dict:
+    """tests/timeline_corpus.py's videos, made once per session with the ffmpeg CLI."""
+    import shutil
+
+    from timeline_corpus import build
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg CLI (Debian's package) makes the timeline corpus")
+    return build(tmp_path_factory.mktemp("timeline_corpus"))

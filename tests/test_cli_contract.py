@@ -45,7 +45,7 @@ def _extract(out: Path, *args, weights_dir: Path) -> int:
 
 
 def _summary(err: str) -> str:
-    return next(line for line in err.splitlines() if line.startswith("videos: "))
+    return next(line for line in err.splitlines() if line.startswith("videos"))
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +157,9 @@ def _run_shards(out: Path, source: list, key, shard_videos: Path, weights_dir: P
         new = written() - before
         assert new == {name for name in SHARD_VIDEOS if shard_of(key(name), SHARDS) == k}
         count = len(new)
-        assert _summary(capsys.readouterr().err) == \
-            f"videos: {count} done, 0 skipped (already complete), 0 failed, of {count}"
+        assert _summary(capsys.readouterr().err) == (f"videos (shard {k}/{SHARDS}): {count} done, "
+                                                     f"0 skipped (already complete), 0 failed, "
+                                                     f"of {count}")
         per_shard.append(new)
     return per_shard
 

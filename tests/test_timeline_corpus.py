@@ -23,7 +23,7 @@ from hero_features.config import DecodeSettings
 from hero_features.producer import decode_video_units
 from hero_features.video import DecodeSpec, decode, filter_chain, probe
 from helpers import extract, failures, load
-from timeline_corpus import CASES, build
+from timeline_corpus import CASES
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
                                 reason="the ffmpeg/ffprobe CLI (Debian's package) makes the "
@@ -41,9 +41,9 @@ SPECS = {
 NAMES = [case.name for case in CASES]
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    return build(tmp_path_factory.mktemp("timeline_corpus"))
+@pytest.fixture(scope="module")
+def corpus(timeline_corpus) -> dict[str, Path]:
+    return timeline_corpus
 
 
 def cli_frames(path: Path, spec: DecodeSpec, width: int, height: int) -> list[bytes]:

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .swsplan import Filter, Plan, plan_for
+from .swsplan import DeviceGeometry, Filter, Plan, plan_for, unpack_planes
 
 _INT32 = torch.int32
 
@@ -189,3 +189,12 @@ def cached_scaler(width: int, height: int, pix_fmt: str, color_range: int, color
     tensors stay on the device), for callers that see the same videos' shapes again."""
     return DeviceScaler(width, height, pix_fmt, color_range, colorspace, out_w, out_h,
                         rotation, crop, device)
+
+
+def rgb_from_packed(packed: torch.Tensor, geometry: DeviceGeometry) -> torch.Tensor:
+    """(N, packed_size) uint8 packed YUV frames of one geometry, on their device -> the CPU
+    path's rgb24 pixels (N, h, w, 3), cropped as the geometry says."""
+    g = geometry
+    scaler = cached_scaler(g.width, g.height, g.pix_fmt, g.color_range, g.colorspace, g.out_w,
+                           g.out_h, g.rotation, g.crop, packed.device)
+    return scaler(*unpack_planes(packed, geometry))

@@ -340,7 +340,9 @@ def plan_for(pix_fmt: str, width: int, height: int, out_w: int, out_h: int,
     if colorspace not in _COEFFICIENTS:
         raise ValueError(f"colour matrix {colorspace} (FFmpeg AVColorSpace) is not covered")
     if rotation not in ROTATIONS:
-        raise ValueError(f"rotation {rotation} (only quarter turns are covered)")
+        raise ValueError("a display rotation other than a quarter turn (the rotate filter)"
+                         if rotation == -1 else
+                         f"rotation {rotation} (only quarter turns are covered)")
     if min(width, height, out_w, out_h) < 1:
         raise ValueError(f"empty frame size {width}x{height} -> {out_w}x{out_h}")
     sub_x, sub_y, jpeg = PIX_FMTS[pix_fmt]
@@ -399,3 +401,64 @@ def yuv_planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
         planes.append(rows[:, :plane.width])
     return planes[0], planes[1], planes[2]
+
+
+@dataclass(frozen=True)
+class DeviceGeometry:
+    """Everything the device needs to turn one video's picked frames into the CPU path's
+    pixels: the decoded frame (size before rotation, pixel format, colour tags), the
+    autorotation as a clockwise quarter turn, the scale filter's target and the crop window
+    (None: the whole picture). Frames travel as their YUV planes packed one after another
+    (`pack_planes`), so a batch of them is one uint8 array (N, packed_size)."""
+
+    width: int
+    height: int
+    pix_fmt: str
+    color_range: int
+    colorspace: int
+    rotation: int
+    out_w: int
+    out_h: int
+    crop: Optional[tuple[int, int, int, int]] = None
+
+    def plane_shapes(self) -> tuple[tuple[int, int], ...]:
+        sub_x, sub_y, _ = PIX_FMTS[self.pix_fmt]
+        chroma = (-(-self.height >> sub_y), -(-self.width >> sub_x))
+        return (self.height, self.width), chroma, chroma
+
+    @property
+    def packed_size(self) -> int:
+        return sum(rows * columns for rows, columns in self.plane_shapes())
+
+    def centre_crop(self, size: int) -> "DeviceGeometry":
+        """The same frames cropped to size x size in the middle, as the crop filter does."""
+        x, y = int((self.out_w - size) / 2), int((self.out_h - size) / 2)
+        return DeviceGeometry(self.width, self.height, self.pix_fmt, self.color_range,
+                              self.colorspace, self.rotation, self.out_w, self.out_h,
+                              (x, y, size, size))
+
+    def unsupported(self) -> Optional[str]:
+        return unsupported_reason(self.pix_fmt, self.width, self.height, self.out_w,
+                                  self.out_h, self.color_range, self.colorspace, self.rotation)
+
+
+def frame_geometry(frame, rotation: Optional[int], out_w: int, out_h: int) -> DeviceGeometry:
+    """The geometry of a decoded PyAV frame scaled to out_w x out_h after `rotation`."""
+    return DeviceGeometry(frame.width, frame.height, frame.format.name,
+                          int(frame.color_range), int(frame.colorspace),
+                          -1 if rotation is None else rotation, out_w, out_h)
+
+
+def pack_planes(frame) -> np.ndarray:
+    """A frame's Y, U and V planes without line padding, one after another (1-D uint8)."""
+    return np.concatenate([plane.reshape(-1) for plane in yuv_planes(frame)])
+
+
+def unpack_planes(packed, geometry: DeviceGeometry) -> list:
+    """(N, packed_size) -> [Y (N, H, W), U (N, h, w), V (N, h, w)] views (numpy or torch)."""
+    planes, start = [], 0
+    for rows, columns in geometry.plane_shapes():
+        size = rows * columns
+        planes.append(packed[:, start:start + size].reshape(-1, rows, columns))
+        start += size
+    return planes

@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Generator, Optional, Sequence
+from typing import Callable, Generator, NamedTuple, Optional, Sequence
 
 import av
 import av.error
@@ -21,7 +21,22 @@ import av.filter
 from av.stream import Discard
 import numpy as np
 
+from .swsplan import DeviceGeometry, frame_geometry, pack_planes, quarter_turn
 from .timeline import FpsSelector, InputClock, OutputSync, parse_rate, stream_facts
+
+
+class DevicePathUnavailable(Exception):
+    """This video's frames cannot go to the device as YUV planes (a pixel format, colour
+    matrix or rotation the device path does not reproduce, or a graph the CLI rebuilt
+    mid-stream): the caller decodes it through the CPU graph instead. str() says why."""
+
+
+class DeviceFrame(NamedTuple):
+    """A picked frame for the device path: its YUV planes packed (swsplan.pack_planes) and
+    the geometry that turns them into the CPU path's pixels (devicescale.rgb_from_packed)."""
+
+    packed: np.ndarray
+    geometry: DeviceGeometry
 
 
 class VideoError(Exception):
@@ -425,6 +440,30 @@ class _Renderer:
             rgb = rgb[y:y + spec.size, x:x + spec.size]
         return rgb
 
+    def device_frame(self, picture: _Picture, branch: _Branch) -> DeviceFrame:
+        """The picture as the device path takes it, or DevicePathUnavailable."""
+        if picture.graph > 0:
+            raise DevicePathUnavailable("the frames change size, format or orientation "
+                                        "mid-stream (the CLI rebuilt its graph)")
+        packed = picture.scaled.get("yuv")
+        if packed is None:
+            turn = quarter_turn(rotation_filters(picture.matrix))
+            geometry = frame_geometry(picture.frame, turn, *branch.dims)
+            reason = geometry.unsupported()
+            if reason is not None:
+                raise DevicePathUnavailable(reason)
+            packed = picture.scaled["yuv"] = (pack_planes(picture.frame), geometry)
+            packed[0].flags.writeable = False
+        planes, geometry = packed
+        if geometry.out_w != branch.dims[0] or geometry.out_h != branch.dims[1]:
+            geometry = frame_geometry(picture.frame, geometry.rotation, *branch.dims)
+            reason = geometry.unsupported()
+            if reason is not None:
+                raise DevicePathUnavailable(reason)
+        if branch.spec.crop:
+            geometry = geometry.centre_crop(branch.spec.size)
+        return DeviceFrame(planes, geometry)
+
 
 @dataclass
 class DecodeReport:
@@ -587,17 +626,19 @@ Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the re
 
 
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
+           threads: int = 0, on_frame: Optional[Callable[[], None]] = None,
+           scale_on: str = "cpu") -> Frames:
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
         return (yield from decode_container(container, specs,
                                             info or probe_container(container, path), threads,
-                                            on_frame))
+                                            on_frame, scale_on))
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0, on_frame: Optional[Callable[[], None]] = None) -> Frames:
+                     threads: int = 0, on_frame: Optional[Callable[[], None]] = None,
+                     scale_on: str = "cpu") -> Frames:
     """Yield (branch index, HxWx3 uint8 RGB frame): per branch, exactly the frames the
     reference's ffmpeg command wrote for that spec, in order; return a DecodeReport
     (`report = yield from decode_container(...)`).
@@ -607,6 +648,10 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     frame, before any is picked: the heartbeat the --video_timeout watch goes by (the picks
     may keep few of the frames). The arrays are read-only views: several outputs can share
     one. Raises VideoError when the pixel conversion fails.
+
+    scale_on="device": instead of RGB arrays, yield DeviceFrame values (the picked frames'
+    YUV planes and how to convert them), for the device to scale and convert; raises
+    DevicePathUnavailable, possibly after some frames, when a frame cannot go that way.
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -624,6 +669,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     default_step = 1 / float(rate) if rate else 0.0
     branches = [_Branch(spec, info, time_base) for spec in specs]
     render = _Renderer(time_base)
+    output = render.device_frame if scale_on == "device" else render
     clock = InputClock(facts)
     shape = None
     rebuilds = 0
@@ -648,11 +694,11 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
             matrices.add(picture.matrix)
             for index, branch in enumerate(branches):
                 for out in branch.push(picture, time):
-                    yield index, render(out, branch)
+                    yield index, output(out, branch)
         if report.frames:
             for index, branch in enumerate(branches):
                 for out in branch.finish(end_time):
-                    yield index, render(out, branch)
+                    yield index, output(out, branch)
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
     report.fidelity_notes = _orientation_notes(matrices)
