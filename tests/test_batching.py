@@ -99,3 +99,26 @@ def test_kept_buffers_are_bounded_per_model():
         kept.setdefault(model, []).append(shape[1])
     assert kept["b"] == [4]  # not pushed out by the other model's sizes
     assert kept["a"] == list(range(5 + 3, 5 + SPARE_SHAPES_PER_MODEL + 3))  # most recent
+
+
+def test_waiting_videos_release_their_batches_only(tmp_path, monkeypatch):
+    """Past MAX_WAITING_VIDEOS decoded videos waiting for partial batches, the batches that
+    hold their rows run, padded; a batch of a video still decoding keeps filling."""
+    import hero_features.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_WAITING_VIDEOS", 1)
+    runner = _runner()
+    launched = []
+    launch = runner.launch
+    runner.launch = lambda batch: (launched.append(batch.owners), launch(batch))[1]
+    core = Pipeline(runner, [InputGroup(("a",), "frame", 4, False)], batch_size=4,
+                    clip_len=Fraction(2))
+    ids = {}
+    for name, width in (("a", 4), ("b", 5), ("c", 6)):  # three frame sizes: three batches
+        ids[name], _, _ = core.add(name, Job(tmp_path / f"{name}.mp4", {"a": None}))
+        assert not core.feed(Units(ids[name], 0, _frames(1, 1, width=width)))
+    assert not core.feed(Done(ids["a"]))  # one video waiting: allowed
+    finished = core.feed(Done(ids["c"]))  # two: a's and c's batches run, b's does not
+    assert sorted(key for key, _ in finished) == ["a", "c"]
+    assert sorted(map(sorted, launched)) == [[ids["a"]], [ids["c"]]]
+    assert core.feed(Done(ids["b"])) == [] and core.flush()[0][0] == "b"

@@ -2,7 +2,9 @@
 
 Every backend's outputs must be bit-equal to a single-process run. CPU results depend on the
 number of torch threads in their last bits, so the single-process reference runs with the
-thread count the backend's workers get.
+thread count the backend's workers get. Batch composition does not matter: batches have one
+fixed shape, whichever backend fills them (Ray's actor batches other videos' units together
+than the local run does), also for CLIP, whose matmuls give other bits at other shapes.
 """
 from __future__ import annotations
 
@@ -48,14 +50,18 @@ def video_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_config(weights: Path, out: Path, workers: int = 0) -> RunConfig:
-    return RunConfig(models=["resnet"], clip_len=Fraction(3, 2), batch_size=2,
+BOTH = ("resnet", "clip-vit")
+
+
+def make_config(weights: Path, out: Path, workers: int = 0, models=("resnet",)) -> RunConfig:
+    return RunConfig(models=list(models), clip_len=Fraction(3, 2), batch_size=2,
                      decode_workers=workers,
                      weights_dir=weights, download=False, output_dir=out, progress=False)
 
 
-def make_jobs(video_dir: Path, out: Path, names=None) -> list[Job]:
-    return [Job(video_dir / name, {"resnet": out / "resnet_features" / f"{Path(name).stem}.npz"})
+def make_jobs(video_dir: Path, out: Path, names=None, models=("resnet",)) -> list[Job]:
+    return [Job(video_dir / name, {m: out / f"{m}_features" / f"{Path(name).stem}.npz"
+                                   for m in models})
             for name in sorted(names or NAMES)]
 
 
@@ -76,20 +82,22 @@ def torch_threads(count: int):
 
 @pytest.fixture(scope="module")
 def reference(video_dir, synthetic_checkpoints, tmp_path_factory):
-    """name -> features of a single-process run, per torch thread count (computed once each)."""
+    """name -> features of a single-process run of resnet and clip-vit, per torch thread
+    count and model (computed once per thread count)."""
     runs: dict[int, dict] = {}
 
-    def get(threads: int) -> dict:
+    def get(threads: int, model: str = "resnet") -> dict:
         if threads not in runs:
             out = tmp_path_factory.mktemp(f"reference_{threads}")
             summary = Summary()
             with torch_threads(threads):
-                run_on_device(make_config(synthetic_checkpoints, out), torch.device("cpu"),
-                              make_jobs(video_dir, out), summary, FailureLog(out))
+                run_on_device(make_config(synthetic_checkpoints, out, models=BOTH),
+                              torch.device("cpu"), make_jobs(video_dir, out, models=BOTH),
+                              summary, FailureLog(out))
             assert summary.done == len(NAMES), failures(out)
-            runs[threads] = {name: load(out / "resnet_features" / f"{Path(name).stem}.npz")
-                             for name in NAMES}
-        return runs[threads]
+            runs[threads] = {m: {name: load(out / f"{m}_features" / f"{Path(name).stem}.npz")
+                                 for name in NAMES} for m in BOTH}
+        return runs[threads][model]
 
     return get
 
@@ -128,10 +136,10 @@ def decode_dying_on_c(video_id, path, groups, settings, active=None, on_frame=No
     yield from decode_video_units(video_id, path, groups, settings, active, on_frame=on_frame)
 
 
-def assert_matches(out: Path, expected: dict, names) -> None:
+def assert_matches(out: Path, expected: dict, names, model: str = "resnet") -> None:
     for name in names:
-        got = load(out / "resnet_features" / f"{Path(name).stem}.npz")
-        assert np.array_equal(got, expected[name]), name
+        got = load(out / f"{model}_features" / f"{Path(name).stem}.npz")
+        assert np.array_equal(got, expected[name]), (name, model)
 
 
 # == --gpus ========================================================================================
@@ -247,8 +255,8 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     names = ["a.mp4", "b.mp4", "c.mp4"]
-    jobs = make_jobs(video_dir, tmp_path, names) + \
-        [Job(broken, {"resnet": tmp_path / "resnet_features" / "broken.npz"})]
+    jobs = make_jobs(video_dir, tmp_path, names, models=BOTH) + \
+        [Job(broken, {m: tmp_path / f"{m}_features" / "broken.npz" for m in BOTH})]
     finished = []
     summary = Summary(videos=len(jobs))
     # The decode task of c.mp4 dies on every attempt: retried, then logged. The failing decode
@@ -256,7 +264,7 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
-        run_ray(make_config(synthetic_checkpoints, tmp_path), jobs, summary,
+        run_ray(make_config(synthetic_checkpoints, tmp_path, models=BOTH), jobs, summary,
                 FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
                 on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
                 decode_fn=decode_dying_on_c)
@@ -265,15 +273,17 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert sorted(finished) == [("a.mp4", True), ("b.mp4", True), ("broken.mp4", False),
                                 ("c.mp4", False)]
-    assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4})
+    assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4, "clip-vit": 4})
     assert summary.model_seconds["resnet"] > 0  # the actors' time, for the rows/s line
     logged = {Path(f["video_path"]).name: f for f in failures(tmp_path)}
     assert logged.keys() == {"broken.mp4", "c.mp4"}
     assert logged["broken.mp4"]["stage"] in ("open", "probe")
     assert logged["c.mp4"]["stage"] == "ray" and "after 1 retries" in logged["c.mp4"]["error"]
-    assert not any((tmp_path / "resnet_features" / f"{n}.npz").exists() for n in ("broken", "c"))
+    assert not any((tmp_path / f"{m}_features" / f"{n}.npz").exists()
+                   for n in ("broken", "c") for m in BOTH)
     # Ray gives a CPU actor one OpenMP thread (OMP_NUM_THREADS = its CPUs).
-    assert_matches(tmp_path, reference(1), ["a.mp4", "b.mp4"])
+    for model in BOTH:
+        assert_matches(tmp_path, reference(1, model), ["a.mp4", "b.mp4"], model)
 
 
 class _Clock:

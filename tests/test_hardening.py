@@ -626,6 +626,52 @@ def test_sigkill_and_sigint_at_random_points_then_rerun(crash_videos, uninterrup
 
 # == output that cannot be written ============================================================
 
+def test_a_killed_and_resumed_run_equals_a_clean_one_in_other_batches(
+        crash_videos, synthetic_checkpoints, cached_models, tmp_path):
+    """clip-vit (whose matmuls give other bits at other batch shapes), two rows a video,
+    batches of 3. The clean run batches [v0 v0 v1] [v1 v2 v2] [v3 v3 +padding]; the killed
+    run writes v0 only (v2's decode never ends, so [v1 v2 v2] never fills) and the resumed
+    run batches [v1 v1 v2] [v2 v3 v3]: other neighbours, other places, other remainders, the
+    same bytes."""
+    from hero_features.cli import main
+
+    def argv(out: Path) -> list[str]:
+        return ["extract", "--model", "clip-vit", "--video_path", str(crash_videos),
+                "--output_dir", str(out), "--device", "cpu", "--no_progress",
+                "--weights_dir", str(synthetic_checkpoints), "--clip_len", "1",
+                "--batch_size", "3", "--num_decoding_thread", "1"]
+
+    def outputs(out: Path) -> dict:
+        return {p.relative_to(out): load(p) for p in out.rglob("*.npz") if is_complete(p, 512)}
+
+    clean = tmp_path / "clean"
+    assert main(argv(clean)) == 0
+    expected = outputs(clean)
+    assert len(expected) == 4 and all(len(rows) == 2 for rows in expected.values())
+
+    out = tmp_path / "out"
+    gated = sorted(p.name for p in crash_videos.glob("*.mp4"))[2]
+    gate = tmp_path / "gate"
+    run = _start(argv(out), wrapper=_GATED_DECODE, flag=TESTS,
+                 env={faults.GATE_ENV: f"{gated}:{gate}"})
+    deadline = time.monotonic() + 300
+    while not (gate.exists() and outputs(out)):
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate(timeout=60)
+    assert not _wait_group_gone(run.pid), "decode workers outlived a killed run"
+    first = outputs(out)
+    assert [p.stem for p in first] == [sorted(p.stem for p in crash_videos.glob("*.mp4"))[0]]
+
+    assert main(argv(out)) == 0
+    resumed = outputs(out)
+    assert resumed.keys() == expected.keys()
+    for path, rows in expected.items():
+        assert np.array_equal(resumed[path], rows), path
+
+
 def test_output_folder_below_a_file_is_one_clear_error(tmp_path, small_video,
                                                        synthetic_checkpoints, cached_models,
                                                        capsys):

@@ -1,4 +1,5 @@
-"""Every pipeline against the reference goldens, all models in ONE decode pass per video."""
+"""Every pipeline against the reference goldens, all models in ONE decode pass per video; the
+Python API gives each video the bytes that run wrote."""
 from __future__ import annotations
 
 import shutil
@@ -6,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+import hero_features
+import hero_features.device_runner as device_runner
 import hero_features.producer as producer
 from helpers import MAX_REL_ERR, assert_parity, assert_parity_of, extract, load, rel_err
 
@@ -35,10 +38,30 @@ def monkeypatch_module():
 
 
 @pytest.fixture(scope="module")
-def all_models_15(tmp_path_factory, synthetic_checkpoints, counted_decodes):
+def models_loaded_once(monkeypatch_module):
+    """The five models loaded once for this module's runs, the CLI's and the API's."""
+    real, cache = device_runner.load_models, {}
+
+    def load_models(config, device):
+        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
+               str(device))
+        if key not in cache:
+            cache[key] = real(config, device)
+        return dict(cache[key])
+
+    monkeypatch_module.setattr(device_runner, "load_models", load_models)
+
+
+# Batches have one fixed shape (the last one of each frame size padded), so a small batch
+# keeps the padding's cost down: resnet's four frame sizes each end in a partial batch.
+BATCH = "4"
+
+
+@pytest.fixture(scope="module")
+def all_models_15(tmp_path_factory, synthetic_checkpoints, counted_decodes, models_loaded_once):
     out = tmp_path_factory.mktemp("all_1.5")
     status = extract("--model", ",".join(ALL), "--video_path", VIDEOS, "--output_dir", out,
-                     "--clip_len", "3/2", "--num_decoding_thread", "0", "--batch_size", "45",
+                     "--clip_len", "3/2", "--num_decoding_thread", "0", "--batch_size", BATCH,
                      weights=synthetic_checkpoints)
     return status, out, dict(counted_decodes)
 
@@ -84,3 +107,22 @@ def test_combined_run_equals_separate_runs(tmp_path, synthetic_checkpoints, all_
             assert np.array_equal(separate, combined)
         else:  # CLIP's matmuls do not (measured: 5 of 1536 values one float16 step apart)
             assert rel_err(separate, combined) <= MAX_REL_ERR
+
+
+def test_the_python_api_gives_each_video_the_bytes_of_the_cli(all_models_15, sample_videos,
+                                                           synthetic_checkpoints):
+    """Each sample video alone through hero_features.extract() equals what the CLI wrote for
+    it in one run over all the samples, where its rows shared batches with other videos' at
+    other places and the batches ended elsewhere: the fixed batch shape makes a row's bytes
+    independent of its neighbours, for all five models."""
+    status, out, _ = all_models_15
+    assert status == 0
+    for video in sample_videos:
+        features = hero_features.extract(video, models=list(ALL), clip_len="3/2",
+                                         device="cpu", weights_dir=synthetic_checkpoints,
+                                         batch_size=int(BATCH))
+        assert list(features) == list(ALL)
+        for model in ALL:
+            written = load(out / f"{model}_features" / f"{video.stem}.npz")
+            assert features[model].dtype == np.float16
+            assert np.array_equal(features[model], written), (video.name, model)

@@ -82,10 +82,12 @@ class Batcher:
             if batch.fill == self.batch_size:
                 yield self._open.pop(key)
 
-    def flush(self) -> list[Batch]:
-        """Every partial batch, its padding zeroed (a reused buffer holds an older batch)."""
-        batches = list(self._open.values())
-        self._open.clear()
+    def flush(self, owners=None) -> list[Batch]:
+        """The partial batches (only those holding units of `owners`, when given), their
+        padding zeroed (a reused buffer holds an older batch)."""
+        keys = [key for key, batch in self._open.items()
+                if owners is None or not owners.isdisjoint(batch.owners)]
+        batches = [self._open.pop(key) for key in keys]
         for batch in batches:
             batch.buffer[batch.fill:].zero_()
         return batches

@@ -24,6 +24,9 @@ Differences from the reference's ``gather_video_paths.py`` (its flat names, unqu
 - The csv is quoted with the ``csv`` module and written atomically.
 - An output counts as done only when it holds a complete float16 ``(N, dim)`` array, not
   merely when the file exists.
+
+Long on purpose: finding videos, planning their outputs, reading and writing the csv and
+telling a finished output are one contract (the layout of OUT and its csv), kept in one place.
 """
 
 from __future__ import annotations

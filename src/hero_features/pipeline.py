@@ -28,7 +28,8 @@ from .workers import DecodePool, inline_messages
 from .writer import OutputWriter
 
 # Decoded videos whose rows wait in partial batches (of a frame size no other video has, or
-# at the end of a clip model's stream): past this many, every partial batch is run, padded.
+# at the end of a clip model's stream): past this many, the partial batches holding their
+# rows are run, padded to the fixed shape (batches of videos still decoding keep filling).
 MAX_WAITING_VIDEOS = 32
 
 
@@ -81,8 +82,9 @@ class Pipeline:
             video.decoded = True
             self._maybe_finish(message.video_id)
             # Videos of rare frame sizes must not wait for a full batch forever.
-            if sum(v.decoded for v in self._videos.values()) > MAX_WAITING_VIDEOS:
-                self._run_partial_batches()
+            waiting = {i for i, v in self._videos.items() if v.decoded}
+            if len(waiting) > MAX_WAITING_VIDEOS:
+                self._run_partial_batches(waiting)
         return self._take_finished()
 
     def flush(self) -> list[tuple[Hashable, VideoResult]]:
@@ -90,8 +92,8 @@ class Pipeline:
         self._run_partial_batches()
         return self._take_finished()
 
-    def _run_partial_batches(self) -> None:
-        for batch in self.batcher.flush():
+    def _run_partial_batches(self, videos=None) -> None:
+        for batch in self.batcher.flush(videos):
             self._run(batch)
         finished = self.runner.finish()
         if finished is not None:

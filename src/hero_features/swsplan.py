@@ -9,7 +9,8 @@ the colour tables - so that `devicescale` can replay it with tensor operations. 
 no torch: decode workers call `unsupported_reason` to decide, per video, whether frames go
 to the device as YUV planes or through the CPU graph.
 
-docs/device-scale.md explains each rule and where it comes from.
+docs/device-scale.md explains each rule and where it comes from. Long on purpose: the
+constants are one recipe computed in libswscale's order, read against its C code.
 """
 from __future__ import annotations
 

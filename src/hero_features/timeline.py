@@ -24,6 +24,10 @@ those rewritten timestamps, not on the container's:
 
 Each class below emulates one of these steps with the same integer and floating-point
 arithmetic as the C code, so the picks are the CLI's exactly. Nothing here decodes pixels.
+
+Long on purpose: the three stages are one replay of fftools' arithmetic, each feeding the
+next, and are read against the C code side by side; split, the shared constants and the
+order they are applied in would be harder to check.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ The reference ran `ffmpeg -i IN -filter_complex "[0]fps=fps=F[s0];[s0]scale=W:H[
 [;[s1]crop=S:S:X:Y[s2]]" -f rawvideo -pix_fmt rgb24 pipe:` and read the whole output into
 RAM. We build the same filter graph (one branch per distinct decode spec behind a `split`)
 and yield frames as the graph produces them, so memory does not grow with the video.
+
+Long on purpose: opening under the file guard, probing, decoding, picking, scaling and the
+damage report are one sequence over one container and share its state (the clock, the
+renderer, the report); split, each piece would need the others' internals.
 """
 from __future__ import annotations
 

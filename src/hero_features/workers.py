@@ -10,6 +10,10 @@ travel through each worker's shared-memory arena (transport.py), the rest throug
 while it is not waiting for the main process to take its output. With
 --num_decoding_thread 0 the decoder runs in a thread of the main process under the same
 watch (`inline_messages`).
+
+Over 400 lines because the decode side's one job, a decoder watched for stalls and deaths,
+needs both its ends here: the worker loop, the heartbeat it keeps, and the pool that reads
+it, replaces a dead worker and reports its video.
 """
 from __future__ import annotations
 
