@@ -164,3 +164,29 @@ def test_a_missing_checkpoint_is_a_weights_error_for_both(tmp_path, monkeypatch,
                  "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--weights_dir",
                  str(empty), "--no_download"]) == EXIT_USAGE
     assert "ViT-B-32.pt not found" in capsys.readouterr().err
+
+
+def test_the_api_streams_a_result_per_video_and_raises_video_failed(tmp_path,
+                                                                   synthetic_checkpoints):
+    import numpy as np
+
+    good = VIDEOS / "v07_400x300_25fps_2s.mp4"
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with hero_features.FeatureExtractor("clip-vit", device="cpu", batch_size=1,
+                                        weights_dir=synthetic_checkpoints,
+                                        num_decoding_thread=1) as fx:
+        results = {result.video.name: result for result in fx.stream([good, broken])}
+        assert sorted(results) == ["broken.mp4", good.name]
+        assert results[good.name].ok and results[good.name].rows == {"clip-vit": 1}
+        assert results[good.name].features["clip-vit"].dtype == np.float16
+        failed = results["broken.mp4"]
+        assert not failed.ok and failed.features == {} and failed.failure[0] in ("open", "probe")
+        with pytest.raises(VideoFailed) as raised:
+            fx.extract(broken)
+        assert (raised.value.stage, raised.value.reason) == failed.failure
+        assert str(broken) in str(raised.value)
+        assert np.array_equal(fx.extract(good)["clip-vit"],
+                              results[good.name].features["clip-vit"])
+    with pytest.raises(UsageError, match="closed"):
+        next(fx.stream([good]))

@@ -84,8 +84,7 @@ def decode_video_units(video_id: int, path: str, groups: Sequence[InputGroup],
     except Exception as exc:  # an unexpected FFmpeg/PyAV failure is still a per-video failure
         yield Failed(video_id, stage, f"{type(exc).__name__}: {exc}")
         return
-    # None only when something wraps decode_container without passing its report on.
-    verdict = assess(report) if report is not None else None
+    verdict = assess(report)
     if verdict is not None and verdict[0] == "failure":
         yield Failed(video_id, "decode", verdict[1])
         return
@@ -94,7 +93,7 @@ def decode_video_units(video_id: int, path: str, groups: Sequence[InputGroup],
         return
     if verdict is not None:
         yield Warned(video_id, "decode", verdict[1])
-    for note in report.fidelity_notes if report is not None else ():
+    for note in report.fidelity_notes:
         yield Warned(video_id, "fidelity", note)
     yield End(video_id, seconds)
 
@@ -102,8 +101,6 @@ def decode_video_units(video_id: int, path: str, groups: Sequence[InputGroup],
 def _too_short(report, groups: Sequence[InputGroup], active: list[int],
                settings: DecodeSettings, info: VideoInfo) -> str:
     rates = sorted({frame_rate(groups[i].unit, settings, info) for i in active})
-    if report is None:
-        return "the decode graph produced no frames"
     span = f"{report.end:.3g} s" if report.end is not None else "an unknown time"
     return (f"too short: {report.frames} decoded frame(s) spanning {span} give no frame when "
             f"sampled at {' / '.join(f'{float(r):.3g}' for r in rates)} fps, as the "
