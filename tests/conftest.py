@@ -37,6 +37,26 @@ def synthetic_checkpoints(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def cached_models():
+    """Each set of models loaded once for the in-process runs of a test module (only
+    successful loads are kept, so a missing checkpoint still fails as it would)."""
+    import hero_features.device_runner as device_runner
+
+    real, cache = device_runner.load_models, {}
+
+    def load_models(config, device):
+        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
+               str(device))
+        if key not in cache:
+            cache[key] = real(config, device)
+        return dict(cache[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device_runner, "load_models", load_models)
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     return sorted(VIDEOS.glob("*.mp4"))

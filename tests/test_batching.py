@@ -5,7 +5,6 @@ Batcher, DeviceRunner and Pipeline with a stand-in model."""
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -23,7 +23,6 @@ import torch
 
 import bad_corpus
 import faults
-import hero_features.device_runner as device_runner
 import hero_features.pipeline as pipeline
 import hero_features.weights as weights
 import hero_features.workers as workers
@@ -48,24 +47,6 @@ def _extract(out: Path, *args, weights_dir: Path) -> int:
 
 def _summary(err: str) -> str:
     return next(line for line in err.splitlines() if line.startswith("videos"))
-
-
-@pytest.fixture(scope="module")
-def cached_models():
-    """load_models once per set of models for the in-process runs of this module (only
-    successful loads are kept, so a missing checkpoint still fails as it would)."""
-    real, cache = device_runner.load_models, {}
-
-    def load_models(config, device):
-        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
-               str(device))
-        if key not in cache:
-            cache[key] = real(config, device)
-        return dict(cache[key])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(device_runner, "load_models", load_models)
-        yield
 
 
 def _tiny(path: Path, width: int = 96, seconds: float = 2.0) -> Path:

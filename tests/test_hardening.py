@@ -88,25 +88,6 @@ def _wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
     return live
 
 
-@pytest.fixture(scope="module")
-def cached_models():
-    """load_models once per checkpoint for the in-process runs of this module."""
-    import hero_features.device_runner as device_runner
-
-    real, cache = device_runner.load_models, {}
-
-    def load_models(config, device):
-        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
-               str(device))
-        if key not in cache:
-            cache[key] = real(config, device)
-        return dict(cache[key])
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(device_runner, "load_models", load_models)
-        yield
-
-
 # == the bad-input corpus =====================================================================
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import hero_features
-import hero_features.device_runner as device_runner
 import hero_features.producer as producer
 from helpers import MAX_REL_ERR, assert_parity, assert_parity_of, extract, load, rel_err
 
@@ -37,28 +36,13 @@ def monkeypatch_module():
         yield mp
 
 
-@pytest.fixture(scope="module")
-def models_loaded_once(monkeypatch_module):
-    """The five models loaded once for this module's runs, the CLI's and the API's."""
-    real, cache = device_runner.load_models, {}
-
-    def load_models(config, device):
-        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
-               str(device))
-        if key not in cache:
-            cache[key] = real(config, device)
-        return dict(cache[key])
-
-    monkeypatch_module.setattr(device_runner, "load_models", load_models)
-
-
 # Batches have one fixed shape (the last one of each frame size padded), so a small batch
 # keeps the padding's cost down: resnet's four frame sizes each end in a partial batch.
 BATCH = "4"
 
 
 @pytest.fixture(scope="module")
-def all_models_15(tmp_path_factory, synthetic_checkpoints, counted_decodes, models_loaded_once):
+def all_models_15(tmp_path_factory, synthetic_checkpoints, counted_decodes, cached_models):
     out = tmp_path_factory.mktemp("all_1.5")
     status = extract("--model", ",".join(ALL), "--video_path", VIDEOS, "--output_dir", out,
                      "--clip_len", "3/2", "--num_decoding_thread", "0", "--batch_size", BATCH,

@@ -60,25 +60,6 @@ def clip4s(tmp_path_factory) -> Path:
                              container_format="mp4", width=64, height=48)
 
 
-@pytest.fixture(scope="module")
-def cached_models():
-    """load_models once per checkpoint for the in-process runs of this module."""
-    import hero_features.device_runner as device_runner
-
-    real, cache = device_runner.load_models, {}
-
-    def load_models(config, device):
-        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
-               str(device))
-        if key not in cache:
-            cache[key] = real(config, device)
-        return dict(cache[key])
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(device_runner, "load_models", load_models)
-        yield
-
-
 @pytest.fixture
 def nothing_decoded(monkeypatch):
     """Decoding or loading a model fails the test (runs use --num_decoding_thread 0, so any
