@@ -23,6 +23,12 @@ from .weights import CheckpointMismatch, short_reason
 WRAPPERS = ("state_dict", "model_state")
 
 
+class RefusedPickle(ValueError, pickle.UnpicklingError):
+    """A checkpoint whose pickle names globals a file of tensors never needs: refused, never
+    run. A ValueError, as every other wrong file is, and an UnpicklingError, as torch's own
+    refusal is."""
+
+
 def is_torchscript(path: Path) -> bool:
     # torch.save archives hold `<name>/data.pkl` only; torch.jit.save adds code and constants.
     if not zipfile.is_zipfile(path):
@@ -48,9 +54,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError as exc:
             # torch's message suggests weights_only=False, which is exactly what must not
             # happen; the line naming the refused global is the one that matters.
-            raise ValueError(f"{path}: not a plain state dict nor a TorchScript archive; "
-                             f"refusing to unpickle arbitrary objects "
-                             f"({short_reason(exc)})") from None
+            raise RefusedPickle(f"{path}: not a plain state dict nor a TorchScript archive; "
+                                f"refusing to unpickle arbitrary objects "
+                                f"({short_reason(exc)})") from None
         for key in WRAPPERS:
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
