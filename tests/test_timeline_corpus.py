@@ -15,6 +15,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hero_features.models import get_spec
@@ -180,3 +181,25 @@ def test_what_ffmpeg_4_would_have_done_otherwise_is_a_warning(corpus):
                                            DecodeSettings(Fraction(3, 2)))
              if m.kind == "warning"]
     assert plain == []
+
+
+def test_an_unscaled_odd_height_frame_is_a_fidelity_warning(tmp_path):
+    """libswscale 8.1 (ours) and 5.1 (the CLI) convert a same-size 4:2:0 frame of odd height
+    differently; the CLI shows it, and the video is flagged."""
+    from videos import write_video
+
+    def content(index, width, height):
+        picture = np.zeros((height, width, 3), np.uint8)
+        picture[:, : width // 2] = (255, 0, 0)  # sharp colour edges, where the rules differ
+        picture[height // 2:, :, 1] = 255
+        return picture
+
+    path = write_video(tmp_path / "odd.webm", 50, codec="libvpx", width=224, height=301,
+                       content=content)
+    spec = DecodeSpec("30", 224, True)
+    assert b"".join(cli_frames(path, spec, 224, 301)) != \
+        b"".join(f.tobytes() for _, f in decode(path, [spec]))
+    groups = make_groups([get_spec("resnet")])
+    notes = [m[3] for m in produce(0, str(path), groups, Settings(Fraction(3, 2)))
+             if m[0] == "warning"]
+    assert len(notes) == 1 and "odd height" in notes[0]

@@ -678,6 +678,8 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     shape = None
     rebuilds = 0
     matrices: set = set()
+    shapes: set = set()
+    notes: set = set()
     try:
         timed = _timed_frames(container, stream, clock, report, on_frame)
         while True:
@@ -696,6 +698,10 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
                 picture.graph = rebuilds = rebuilds + 1
             shape = picture.shape_key()
             matrices.add(picture.matrix)
+            if shape not in shapes:
+                shapes.add(shape)
+                notes.update(filter(None, (_one_tap_note(picture, branch.dims)
+                                           for branch in branches)))
             for index, branch in enumerate(branches):
                 for out in branch.push(picture, time):
                     yield index, output(out, branch)
@@ -705,8 +711,25 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
                     yield index, output(out, branch)
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
-    report.fidelity_notes = _orientation_notes(matrices)
+    report.fidelity_notes = _orientation_notes(matrices) + sorted(notes)
     return report
+
+
+def _one_tap_note(picture: _Picture, dims: tuple[int, int]) -> Optional[str]:
+    """FFmpeg 5.1's libswscale converted a 4:2:0 frame whose (turned) size equals the output
+    and whose height is odd with a cruder chroma rule than the 8.1 one we run (docs/
+    fidelity.md section 5); the frame is then off by up to ~95 levels at sharp colour edges."""
+    frame = picture.frame
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        return None
+    width, height = frame.width, frame.height
+    if any(name == "transpose" for name, _ in rotation_filters(picture.matrix)):
+        width, height = height, width
+    if (width, height) != dims or height % 2 == 0:
+        return None
+    return (f"the {width}x{height} frames need no scaling but have an odd height: their "
+            f"chroma is interpolated as FFmpeg 8.1 does, which differs from FFmpeg 5.1's "
+            f"(and 4.3's) at sharp colour edges")
 
 
 def _orientation_notes(matrices: set) -> list[str]:
