@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hero_features.config import DecodeSettings, input_groups
 from hero_features.models import get_spec
-from hero_features.config import input_groups
-from hero_features.config import DecodeSettings
 from hero_features.producer import decode_video_units
 from hero_features.video import DecodeSpec, decode, filter_chain, probe
 from helpers import extract, failures, load
@@ -199,7 +198,8 @@ def test_an_unscaled_odd_height_frame_is_a_fidelity_warning(tmp_path):
     spec = DecodeSpec("30", 224, True)
     assert b"".join(cli_frames(path, spec, 224, 301)) != \
         b"".join(f.tobytes() for _, f in decode(path, [spec]))
-    groups = make_groups([get_spec("resnet")])
-    notes = [m[3] for m in produce(0, str(path), groups, Settings(Fraction(3, 2)))
-             if m[0] == "warning"]
+    groups = input_groups([get_spec("resnet")])
+    notes = [m.text for m in decode_video_units(0, str(path), groups,
+                                                DecodeSettings(Fraction(3, 2)))
+             if m.kind == "warning"]
     assert len(notes) == 1 and "odd height" in notes[0]
