@@ -105,7 +105,7 @@ class _Launched:
 
 
 class DeviceRunner:
-    """Runs fixed-shape batches on one device. `launch` starts a batch and returns the one
+    """Runs fixed-shape batches on one device (on the CPU, unit by unit). `launch` starts a batch and returns the one
     launched before it, collected: on a GPU the copy back and the caller's bookkeeping
     overlap with compute; on the CPU a batch is collected at once."""
 
@@ -138,9 +138,17 @@ class DeviceRunner:
         rows = done = error = None
         cuda = self.device.type == "cuda"
         try:
-            features = device_features(self.specs[batch.model], self.models[batch.model],
-                                       batch.buffer, self.device, self.autocast_dtype,
-                                       self.to_rgb)
+            spec, module = self.specs[batch.model], self.models[batch.model]
+            if cuda:  # the fixed shape: padding rows included
+                features = device_features(spec, module, batch.buffer, self.device,
+                                           self.autocast_dtype, self.to_rgb)
+            else:
+                # On the CPU the fixed shape is one unit: batching buys no speed there
+                # (docs/benchmarks.md), and padding would cost whole forward passes.
+                features = torch.cat([
+                    device_features(spec, module, batch.buffer[i:i + 1], self.device,
+                                    self.autocast_dtype, self.to_rgb)
+                    for i in range(batch.fill)])
             if cuda:
                 rows = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)
                 rows.copy_(features, non_blocking=True)
