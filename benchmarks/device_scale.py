@@ -1,28 +1,24 @@
 #!/usr/bin/env python3
-"""Decode-worker CPU per video-second: scaling on the CPU graph vs handing YUV to the device.
+"""Decode-worker CPU per video-second: --scale-on cpu (the CPU graph) vs --scale-on device.
 
-For a slowfast + resnet run (clip_len 2: slowfast at 30 fps, 224 centre crop; resnet at
-0.5 fps, 398x224 uncropped; both share the 224 scale), on a 720p and a 360p H.264 video:
+What a decode worker runs for a slowfast + resnet run (clip_len 2: slowfast at 30 fps, 224
+centre crop, 32-frame clips; resnet at 0.5 fps, 398x224 uncropped), on a 720p and a 360p
+H.264 video: `producer.decode_video_units`, the very function the workers call, with
+`scale_on="cpu"` (decode, timeline, fps picks, the scale + rgb24 graph, crop, clip sampling,
+the Units arrays) and with `scale_on="device"` (the same, but the picked frames' YUV planes
+are packed instead of scaled). The shared-memory copy that follows is the same memcpy for
+both and is left out. The device's own work (`device_runner.rgb_units` on those units) is
+timed apart: here it runs on the CPU (one torch thread); on a GPU host it is the GPU's.
 
-* graph path (today's CPU work): decode every frame, and for each frame the run selects,
-  the per-size graph `buffer -> scale=W:H:flags=bilinear -> format=pix_fmts=rgb24 ->
-  buffersink`, the rgb24 copy out of the frame, the centre crop (slowfast) and the copy of
-  what is handed over (the crop; the whole frame for resnet's frames);
-* device path, worker side: decode every frame, and for each selected frame copy its Y, U,
-  V planes into a hand-over buffer (what goes into the shared-memory transport);
-* device work: `DeviceScaler` on those planes (crop window for slowfast's frames, whole
-  frame for resnet's), counted apart. Here it runs on the CPU (one torch thread), so its
-  cost is printed separately; on a GPU host it is the GPU's work.
+CPU time is this process's user+sys (decoder threads included); `--threads 1` (default)
+decodes on one thread so that the device work, timed on the main thread, can be told
+apart. Both paths run in one process, interleaved (the order alternates per repeat);
+medians of `--repeats`. Before timing, the device path's units (converted) are checked to
+equal the CPU path's.
 
-Frame selection: the fps filter's nearest-timestamp rule at 30 and 0.5 fps (on these 30 fps
-sources slowfast keeps every frame; resnet's frames are among them). CPU time is this
-process's user+sys (decoder threads included); `--threads 1` (default) decodes on one thread
-so that the device work, timed on the main thread, can be told apart. Both paths run in one
-process, interleaved (the order alternates per repeat); medians of `--repeats`.
-
-The last line reads `decode CPU ratio 720p X.XX 360p Y.YY` (graph path / device path,
-worker side). Videos: lavfi testsrc2 + a moving box, x264 ultrafast crf 30 (as
-make_videos.py), cached in $HERO_BENCH_VIDEOS or ~/.cache/hero-features/bench-videos.
+The last line reads `decode CPU ratio 720p X.XX 360p Y.YY` (cpu path / device path, worker
+side). Videos: lavfi testsrc2 + a moving box, x264 ultrafast crf 30 (as make_videos.py),
+cached in $HERO_BENCH_VIDEOS or ~/.cache/hero-features/bench-videos.
 
     python benchmarks/device_scale.py [--seconds 20] [--repeats 3] [--threads 1]
 """
@@ -36,23 +32,22 @@ import statistics
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.filter
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_videos  # noqa: E402
 
-from hero_features.swsplan import unsupported_reason, yuv_planes  # noqa: E402
-from hero_features.video import crop_offset, output_dims  # noqa: E402
+from hero_features.config import DecodeSettings, InputGroup  # noqa: E402
+from hero_features.messages import Units  # noqa: E402
+from hero_features.producer import decode_video_units  # noqa: E402
 
-SIZE = 224
-SLOWFAST_RATE, RESNET_RATE = 30.0, 0.5  # slowfast's target fps; resnet's 1 / clip_len (2)
-RATES = (SLOWFAST_RATE, RESNET_RATE)
 SOURCE_FPS = 30
-BATCH = 32  # frames per device call
+GROUPS = (InputGroup(("slowfast",), "clip", 224, True),
+          InputGroup(("resnet",), "frame", 224, False))
 
 
 def make_video(width: int, height: int, seconds: int, directory: Path) -> Path:
@@ -81,122 +76,40 @@ def make_video(width: int, height: int, seconds: int, directory: Path) -> Path:
     return out
 
 
-def selection(path: Path) -> tuple[dict[int, set], float]:
-    """{decoded frame index: the rates that keep it}, and the video's length in seconds."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        times = np.array([float(frame.pts * stream.time_base)
-                          for frame in container.decode(stream)])
-    times -= times[0]
-    length = float(times[-1]) + 1 / SOURCE_FPS
-    picked: dict[int, set] = {}
-    for rate in RATES:
-        wanted = np.arange(int(length * rate + 1e-9)) / rate
-        after = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)
-        nearest = np.where(wanted - times[after - 1] <= times[after] - wanted, after - 1, after)
-        for index in nearest.tolist():
-            picked.setdefault(index, set()).add(rate)
-    return picked, length
-
-
-def _graph(stream, out_w: int, out_h: int):
-    graph = av.filter.Graph()
-    source = graph.add_buffer(template=stream)
-    scale = graph.add("scale", f"{out_w}:{out_h}:flags=bilinear")
-    fmt = graph.add("format", "pix_fmts=rgb24")
-    sink = graph.add("buffersink")
-    source.link_to(scale)
-    scale.link_to(fmt)
-    fmt.link_to(sink)
-    graph.configure()
-    return graph, source, sink
-
-
 def _cpu() -> float:
     return time.process_time()
 
 
-def run_graph_path(path: Path, picked: dict, threads: int) -> float:
-    """CPU seconds: decode + per-size graph + crop + hand-over copies."""
-    start = _cpu()
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        out_w, out_h = output_dims(stream.codec_context.width, stream.codec_context.height, SIZE)
-        x, y = crop_offset(out_w, out_h, SIZE)
-        clip_slot = np.empty((SIZE, SIZE, 3), np.uint8)
-        frame_slot = np.empty((out_h, out_w, 3), np.uint8)
-        graph, source, sink = _graph(stream, out_w, out_h)
-        for index, frame in enumerate(container.decode(stream)):
-            rates = picked.get(index)
-            if not rates:
-                continue
-            source.push(frame)
-            rgb = sink.pull().to_ndarray(format="rgb24")
-            np.copyto(clip_slot, rgb[y:y + SIZE, x:x + SIZE])
-            if RESNET_RATE in rates:
-                np.copyto(frame_slot, rgb)
-        del graph
-    return _cpu() - start
+def worker_side(path: Path, scale_on: str, threads: int, keep: bool = False):
+    """(CPU seconds, seconds of video, the Units messages if `keep`) of decode_video_units."""
+    settings = DecodeSettings(clip_len=Fraction(2), threads=threads, scale_on=scale_on)
+    start, seconds, kept = _cpu(), 0.0, []
+    for message in decode_video_units(0, str(path), GROUPS, settings):
+        if isinstance(message, Units):
+            if keep:
+                kept.append(message)
+        elif message.kind == "end":
+            seconds = message.seconds
+        elif message.kind in ("error", "scaled-on-cpu"):
+            raise SystemExit(f"{path.name}: {message}")
+    return _cpu() - start, seconds, kept
 
 
-def run_device_path(path: Path, picked: dict, threads: int, device: str) -> tuple[float, float]:
-    """(worker CPU seconds, device-work CPU seconds): decode + plane hand-over copies, and
-    DeviceScaler on the handed-over planes in batches (timed apart, on the main thread)."""
+def device_work(units: list, device: str) -> float:
+    """CPU seconds of converting the device path's units, as the device runner does."""
     import torch
 
-    from hero_features.devicescale import DeviceScaler
+    from hero_features.device_runner import rgb_units
 
-    start, device_cpu = _cpu(), 0.0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        width, height = stream.codec_context.width, stream.codec_context.height
-        out_w, out_h = output_dims(width, height, SIZE)
-        x, y = crop_offset(out_w, out_h, SIZE)
-        slots = [np.empty((BATCH, -(-height >> s), -(-width >> s)), np.uint8) for s in (0, 1, 1)]
-        resnet_rows, filled, scalers = [], 0, {}
-
-        def flush(key):
-            nonlocal filled, device_cpu, resnet_rows
-            began = time.thread_time()
-            batch = [torch.from_numpy(slot[:filled]).to(device) for slot in slots]
-            if key not in scalers:
-                scalers[key] = (
-                    DeviceScaler(width, height, key[0], key[1], key[2], out_w, out_h,
-                                 crop=(x, y, SIZE, SIZE), device=device),
-                    DeviceScaler(width, height, key[0], key[1], key[2], out_w, out_h,
-                                 device=device))
-            cropped, whole = scalers[key]
-            cropped(*batch)
-            if resnet_rows:
-                whole(*[b[resnet_rows] for b in batch])
-            if device != "cpu":
-                torch.cuda.synchronize()
-            device_cpu += time.thread_time() - began
-            filled, resnet_rows = 0, []
-
-        key = None
-        for index, frame in enumerate(container.decode(stream)):
-            rates = picked.get(index)
-            if not rates:
-                continue
-            key = (frame.format.name, int(frame.color_range), int(frame.colorspace))
-            for slot, plane in zip(slots, yuv_planes(frame)):
-                np.copyto(slot[filled], plane)
-            if RESNET_RATE in rates:
-                resnet_rows.append(filled)
-            filled += 1
-            if filled == BATCH:
-                flush(key)
-        if filled:
-            flush(key)
-    return _cpu() - start - device_cpu, device_cpu
+    began = time.thread_time()
+    for message in units:
+        rgb_units(torch.from_numpy(message.units).to(device), message.geometry)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return time.thread_time() - began
 
 
-def run_decode_only(path: Path, threads: int) -> float:
+def decode_only(path: Path, threads: int) -> float:
     start = _cpu()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -207,29 +120,22 @@ def run_decode_only(path: Path, threads: int) -> float:
     return _cpu() - start
 
 
-def check_first_batch(path: Path) -> None:
-    """The device path's frames are the graph's (a benchmark of wrong output is no use)."""
+def check_equal(path: Path, threads: int) -> list:
+    """The device path's units, converted, are the CPU path's (a benchmark of wrong output is
+    no use); returns the device path's units for the device-work timing."""
     import torch
 
-    from hero_features.devicescale import DeviceScaler
+    from hero_features.device_runner import rgb_units
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        out_w, out_h = output_dims(stream.codec_context.width, stream.codec_context.height, SIZE)
-        graph, source, sink = _graph(stream, out_w, out_h)
-        for index, frame in zip(range(4), container.decode(stream)):
-            source.push(frame)
-            expected = sink.pull().to_ndarray(format="rgb24")
-            scaler = DeviceScaler(frame.width, frame.height, frame.format.name,
-                                  int(frame.color_range), int(frame.colorspace), out_w, out_h)
-            planes = [torch.from_numpy(np.ascontiguousarray(p)) for p in yuv_planes(frame)]
-            if not np.array_equal(scaler(*planes)[0].numpy(), expected):
-                raise SystemExit(f"{path.name} frame {index}: device output differs from the "
-                                 "graph's")
-            reason = unsupported_reason(frame.format.name, frame.width, frame.height, out_w,
-                                        out_h, int(frame.color_range), int(frame.colorspace))
-            if reason:
-                raise SystemExit(f"{path.name}: not covered by the device path: {reason}")
+    _, _, cpu = worker_side(path, "cpu", threads, keep=True)
+    _, _, device = worker_side(path, "device", threads, keep=True)
+    if len(cpu) != len(device) or any(m.geometry is None for m in device):
+        raise SystemExit(f"{path.name}: the device path sent other messages")
+    for expected, message in zip(cpu, device):
+        got = rgb_units(torch.from_numpy(message.units), message.geometry).numpy()
+        if not np.array_equal(got, expected.units):
+            raise SystemExit(f"{path.name}: device output differs from the CPU graph's")
+    return device
 
 
 def machine() -> str:
@@ -264,28 +170,24 @@ def main(argv=None) -> int:
     ratios = {}
     for label, (width, height) in (("720p", (1280, 720)), ("360p", (640, 360))):
         path = make_video(width, height, args.seconds, directory)
-        check_first_batch(path)
-        picked, length = selection(path)
-        graph_runs, worker_runs, device_runs, decode_runs = [], [], [], []
+        units = check_equal(path, args.threads)
+        runs: dict[str, list] = {"cpu": [], "device": [], "decode": [], "work": []}
+        length = 0.0
         for repeat in range(args.repeats):
-            order = ("graph", "device") if repeat % 2 == 0 else ("device", "graph")
+            order = ("cpu", "device") if repeat % 2 == 0 else ("device", "cpu")
             for side in order:
-                if side == "graph":
-                    graph_runs.append(run_graph_path(path, picked, args.threads))
-                else:
-                    worker, device = run_device_path(path, picked, args.threads, args.device)
-                    worker_runs.append(worker)
-                    device_runs.append(device)
-            decode_runs.append(run_decode_only(path, args.threads))
-        graph, worker = statistics.median(graph_runs), statistics.median(worker_runs)
-        device, decode = statistics.median(device_runs), statistics.median(decode_runs)
+                cpu, length, _ = worker_side(path, side, args.threads)
+                runs[side].append(cpu)
+            runs["decode"].append(decode_only(path, args.threads))
+            runs["work"].append(device_work(units, args.device))
+        graph, worker = statistics.median(runs["cpu"]), statistics.median(runs["device"])
+        decode, work = statistics.median(runs["decode"]), statistics.median(runs["work"])
         ratios[label] = graph / worker
-        print(f"{label} ({width}x{height}, {length:.1f} s, {len(picked)} frames selected): "
-              f"CPU s per video-s: graph path {graph / length:.4f}, device path (worker) "
-              f"{worker / length:.4f}, decode alone {decode / length:.4f}; device work on "
-              f"{args.device} {device / length:.4f} (apart); runs graph "
-              f"{', '.join(f'{t:.2f}' for t in graph_runs)} s, worker "
-              f"{', '.join(f'{t:.2f}' for t in worker_runs)} s", flush=True)
+        print(f"{label} ({width}x{height}, {length:.1f} s): CPU s per video-s: cpu path "
+              f"{graph / length:.4f}, device path (worker) {worker / length:.4f}, decode "
+              f"alone {decode / length:.4f}; device work on {args.device} {work / length:.4f} "
+              f"(apart); runs cpu {', '.join(f'{t:.2f}' for t in runs['cpu'])} s, device "
+              f"{', '.join(f'{t:.2f}' for t in runs['device'])} s", flush=True)
     print(f"decode CPU ratio 720p {ratios['720p']:.2f} 360p {ratios['360p']:.2f}")
     return 0
 

@@ -2,11 +2,16 @@
 """End-to-end throughput of SlowFast + ResNet against the host's decode ceiling.
 
 1. Makes a few 720p H.264 videos with PyAV's own encoder (no ffmpeg CLI needed).
-2. Decode ceiling: one process per core runs the two models' decode graph + clip sampling
-   alone (no model) over copies of the videos; video-seconds decoded per wall second.
+2. Decode ceiling: one process per core runs what a decode worker runs for the two models
+   (`decode_video_units`: decode, picks, clip sampling, and the scale graph or, with
+   --scale-on device, the plane packing) alone, no model, over copies of the videos;
+   video-seconds decoded per wall second.
 3. End to end: `hero-features extract --model slowfast --model resnet` on the same videos
    with one decode worker per core; video-seconds per wall second.
-Prints both and their ratio (target >= 0.9: the device never makes decoding wait).
+Both for each `--scale-on` setting asked for (default both, the CPU graph first). Prints
+them, each end-to-end / ceiling ratio (target >= 0.9: the device never makes decoding
+wait), and with both settings the last line `end-to-end speed-up X.XX (scale-on device /
+cpu), outputs identical: yes|no`.
 
     python benchmarks/gpu_bench.py [--device cuda] [--videos 8] [--seconds 60] [--smoke]
 """
@@ -53,14 +58,14 @@ def make_videos(folder: Path, count: int, seconds: float, width: int, height: in
 
 
 def _decode_only(args) -> float:
-    path, clip_len = args
+    path, clip_len, scale_on = args
     from hero_features.config import DecodeSettings, InputGroup  # no torch in these processes
     from hero_features.producer import decode_video_units
 
     groups = [InputGroup(("slowfast",), "clip", 224, True),
               InputGroup(("resnet",), "frame", 224, False)]
     seconds = 0.0
-    settings = DecodeSettings(clip_len=Fraction(clip_len))
+    settings = DecodeSettings(clip_len=Fraction(clip_len), scale_on=scale_on)
     for message in decode_video_units(0, str(path), groups, settings):
         if message.kind == "end":
             seconds = message.seconds
@@ -69,20 +74,21 @@ def _decode_only(args) -> float:
     return seconds
 
 
-def decode_ceiling(videos: list[Path], processes: int, clip_len: str) -> float:
+def decode_ceiling(videos: list[Path], processes: int, clip_len: str, scale_on: str) -> float:
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(processes) as pool:
-        total = sum(pool.map(_decode_only, [(v, clip_len) for v in videos], chunksize=1))
+        total = sum(pool.map(_decode_only, [(v, clip_len, scale_on) for v in videos],
+                             chunksize=1))
     return total / (time.perf_counter() - started)
 
 
 def end_to_end(videos_dir: Path, out: Path, args, weights: Path, seconds: float,
-               count: int) -> float:
+               count: int, scale_on: str) -> float:
     cmd = [sys.executable, "-m", "hero_features", "extract", "--model", "slowfast",
            "--model", "resnet", "--video_path", str(videos_dir), "--output_dir", str(out),
            "--device", args.device, "--weights_dir", str(weights), "--clip_len", args.clip_len,
            "--num_decoding_thread", str(args.workers), "--batch_size", str(args.batch_size),
-           "--no_progress", "--precision", args.precision]
+           "--no_progress", "--precision", args.precision, "--scale-on", scale_on]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     return seconds * count / (time.perf_counter() - started)
@@ -98,6 +104,8 @@ def main() -> None:
     parser.add_argument("--clip_len", default="2")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--weights_dir", type=Path)
+    parser.add_argument("--scale-on", dest="scale_on", choices=["both", "cpu", "device"],
+                        default="both")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU, 2 tiny videos: checks the script, measures nothing useful")
     args = parser.parse_args()
@@ -114,14 +122,39 @@ def main() -> None:
                             str(weights), "--formats", "slowfast,resnet"], check=True,
                            stdout=subprocess.DEVNULL)
         videos = make_videos(tmp / "videos", args.videos, args.seconds, width, height)
-        ceiling = decode_ceiling(videos, args.workers, args.clip_len)
-        e2e = end_to_end(tmp / "videos", tmp / "out", args, weights, args.seconds, args.videos)
+        sides = ["cpu", "device"] if args.scale_on == "both" else [args.scale_on]
+        results = {}
+        for side in sides:
+            ceiling = decode_ceiling(videos, args.workers, args.clip_len, side)
+            e2e = end_to_end(tmp / "videos", tmp / f"out_{side}", args, weights, args.seconds,
+                             args.videos, side)
+            results[side] = (ceiling, e2e)
+        identical = len(sides) == 2 and same_outputs(tmp / "out_cpu", tmp / "out_device")
     print(f"host: {os.cpu_count()} CPUs, device {args.device}, {args.videos} x "
           f"{args.seconds:g} s {width}x{height} H.264, clip_len {args.clip_len}, "
           f"{args.workers} decode processes, precision {args.precision}")
-    print(f"decode ceiling (graph + sampling, no model): {ceiling:8.1f} video-s/s")
-    print(f"end to end slowfast + resnet:               {e2e:8.1f} video-s/s")
-    print(f"ratio end-to-end / ceiling: {e2e / ceiling:.2f} (target >= 0.9)")
+    for side, (ceiling, e2e) in results.items():
+        print(f"--scale-on {side}: decode ceiling (no model): {ceiling:8.1f} video-s/s")
+        print(f"--scale-on {side}: end to end slowfast + resnet: {e2e:8.1f} video-s/s")
+        print(f"--scale-on {side}: ratio end-to-end / ceiling: {e2e / ceiling:.2f} "
+              f"(target >= 0.9)")
+    if len(sides) == 2:
+        speed_up = results["device"][1] / results["cpu"][1]
+        print(f"end-to-end speed-up {speed_up:.2f} (scale-on device / cpu), outputs "
+              f"identical: {'yes' if identical else 'no'}")
+
+
+def same_outputs(first: Path, second: Path) -> bool:
+    import numpy as np
+
+    names = sorted(p.relative_to(first) for p in first.rglob("*.npz"))
+    if not names or names != sorted(p.relative_to(second) for p in second.rglob("*.npz")):
+        return False
+    for name in names:
+        with np.load(first / name) as a, np.load(second / name) as b:
+            if not np.array_equal(a["features"], b["features"]):
+                return False
+    return True
 
 
 if __name__ == "__main__":

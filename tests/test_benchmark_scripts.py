@@ -20,6 +20,10 @@ def test_gpu_script_smoke_runs_on_cpu(synthetic_checkpoints):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decode ceiling" in done.stdout and "ratio end-to-end / ceiling" in done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    # Both --scale-on settings ran and wrote the same features.
+    assert re.fullmatch(r"end-to-end speed-up \d+\.\d\d \(scale-on device / cpu\), outputs "
+                        r"identical: yes", last), last
 
 
 def test_every_benchmark_script_imports_and_parses_its_arguments():

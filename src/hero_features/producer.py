@@ -119,7 +119,10 @@ def _stack_picks(picks: list) -> tuple[np.ndarray, Optional[DeviceGeometry], Opt
     why not."""
     geometry = picks[0].geometry
     if geometry is not None and all(p.geometry == geometry for p in picks):
-        return np.stack([p.packed() for p in picks]), geometry, None
+        packed = np.empty((len(picks), geometry.packed_size), np.uint8)
+        for row, pick in zip(packed, picks):
+            pick.packed(row)  # straight from the decoded frame into its row: one copy
+        return packed, geometry, None
     reason = next((p.reason for p in picks if p.reason), "the frames of one clip differ in size")
     return np.stack([p.rgb() for p in picks]), None, reason
 

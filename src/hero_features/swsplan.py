@@ -450,9 +450,21 @@ def frame_geometry(frame, rotation: Optional[int], out_w: int, out_h: int) -> De
                           -1 if rotation is None else rotation, out_w, out_h)
 
 
-def pack_planes(frame) -> np.ndarray:
-    """A frame's Y, U and V planes without line padding, one after another (1-D uint8)."""
-    return np.concatenate([plane.reshape(-1) for plane in yuv_planes(frame)])
+def pack_planes(frame, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """A frame's Y, U and V planes without line padding, one after another (1-D uint8),
+    written into `out` (a 1-D uint8 array of the packed size, e.g. one row of a batch) when
+    given: one copy from the decoder's frame."""
+    planes = yuv_planes(frame)
+    if out is None:
+        out = np.empty(sum(p.size for p in planes), np.uint8)
+    start = 0
+    for plane in planes:
+        rows, columns = plane.shape
+        np.copyto(out[start:start + rows * columns].reshape(rows, columns), plane)
+        start += rows * columns
+    if start != out.size:
+        raise ValueError(f"{out.size} bytes given for {start} bytes of planes")
+    return out
 
 
 def unpack_planes(packed, geometry: DeviceGeometry) -> list:

@@ -48,11 +48,12 @@ class DevicePick:
         self._picture, self._branch, self._render = picture, branch, render
         self.geometry, self.reason, self._crop = geometry, reason, crop
 
-    def packed(self) -> np.ndarray:
-        """The frame's Y, U and V planes packed (1-D uint8); only where `geometry` is set."""
+    def packed(self, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The frame's Y, U and V planes packed (1-D uint8; into `out` when given, see
+        swsplan.pack_planes); only where `geometry` is set."""
         if self.geometry is None:
             raise ValueError(f"no device path for this frame: {self.reason}")
-        return pack_planes(self._picture.frame)
+        return pack_planes(self._picture.frame, out)
 
     def rgb(self) -> np.ndarray:
         """The CPU graph's rgb24 array for this pick (read-only, as decode's)."""

@@ -52,6 +52,9 @@ def run(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = _pick_device(args.device) if gpus is None and args.ray is None else None
+    if args.scale_on == "device" and device is not None and device.type == "cpu":
+        print("note: --scale-on device on the CPU converts frames with torch, slower than "
+              "the CPU graph (same features); it pays off on a GPU", file=sys.stderr)
 
     unfollowed: list = []
     jobs = (jobs_from_csv(args.csv, models, args.output_dir, args.allow_outside_output_dir)
