@@ -6,7 +6,6 @@ not start (bad flags, unreadable csv, missing checkpoint).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -199,6 +198,7 @@ def _pick_device(name: Optional[str]):
 
 
 def cmd_extract(args) -> int:
+    from .allocator import describe as describe_allocator
     from .distributed import (RayOptions, StartupError, parse_shard, resolve_gpus,
                               run_multi_device, run_ray, select_shard)
     from .manifest import is_complete
@@ -245,7 +245,7 @@ def cmd_extract(args) -> int:
             else _jobs_from_folder(args.video_path, args.output_dir, models))
     if shard is not None:
         jobs = select_shard(jobs, *shard, root=None if args.csv else args.video_path)
-    summary = Summary(videos=len(jobs))
+    summary = Summary(videos=len(jobs), allocator=describe_allocator())
     todo, seen = [], set()
     for job in jobs:
         key = (str(job.video_path), tuple(sorted(map(str, job.outputs.values()))))
@@ -365,21 +365,8 @@ COMMANDS = {"extract": cmd_extract, "gather": cmd_gather, "models": cmd_models,
             "download": cmd_download, "pack": cmd_pack}
 
 
-def _return_freed_batches_to_the_os() -> None:
-    """glibc raises its mmap threshold as large blocks are freed, after which every batch
-    buffer is carved from the heap and the peak RSS creeps up over the first batches
-    (docs/benchmarks.md). A fixed threshold keeps batch-sized blocks mmapped and returned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "extract":
-        _return_freed_batches_to_the_os()
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -390,5 +377,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def console_main() -> int:
+    """The `hero-features` program (console script, `python -m hero_features`). An extract
+    first restarts itself under the caching allocator (allocator.py); main() never does,
+    since it is also called in-process."""
+    if sys.argv[1:2] == ["extract"]:
+        from .allocator import AllocatorError, use_caching_allocator
+
+        try:
+            use_caching_allocator()
+        except AllocatorError as exc:
+            print(f"hero-features: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -120,6 +120,7 @@ class Summary:
     rows: dict = field(default_factory=dict)  # model -> feature rows written
     model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
     started: float = field(default_factory=time.monotonic)
+    allocator: str = ""  # the malloc the run's process uses (allocator.describe)
 
     def lines(self) -> list[str]:
         wall = max(time.monotonic() - self.started, 1e-9)
@@ -134,4 +135,6 @@ class Summary:
             busy = self.model_seconds.get(model, 0.0)
             rate = f", {rows / busy:.1f} rows/s while running" if busy > 0 else ""
             out.append(f"  {model}: {rows} feature rows, {busy:.1f} s in the model{rate}")
+        if self.allocator:
+            out.append(f"allocator: {self.allocator}")
         return out

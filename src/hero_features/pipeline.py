@@ -383,11 +383,17 @@ class RunConfig:
 
     @property
     def settings(self) -> Settings:
-        # With several decode processes filling the cores, FFmpeg's automatic frame threading
-        # only adds contention (measured in docs/benchmarks.md); give each a fair share.
-        threads = max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 0 else 0
         return Settings(clip_len=self.clip_len, target_fps=self.target_fps,
-                        min_num_features=self.min_num_features, threads=threads)
+                        min_num_features=self.min_num_features,
+                        threads=decoder_threads(self.workers))
+
+
+def decoder_threads(workers: int, cores: int | None = None) -> int:
+    """FFmpeg threads per video: with several decode processes filling the cores, FFmpeg's
+    automatic frame threading only adds contention (measured in docs/benchmarks.md), so each
+    worker gets a fair share; decoding in the main process (0 workers) leaves it to FFmpeg."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // workers) if workers > 0 else 0
 
 
 def load_models(config: RunConfig, device: torch.device) -> dict:
