@@ -3,7 +3,7 @@
 torch's intra-op threads.
 
 Each configuration W:D:T is a fresh extract (under the allocator `extract` picks, as users
-run it) with `--num_decoding_thread W`, D FFmpeg decoder threads per video and T torch
+run it) with `--num_decoding_thread W`, D FFmpeg decoder threads per video (0: FFmpeg's choice) and T torch
 threads (torch.set_num_threads), every configuration once per repeat, the order rotating
 between repeats. Wall time of the whole command, median over the repeats.
 
@@ -42,13 +42,14 @@ def child(config: str, argv: list[str]) -> int:
 
 def default_configs(cores: int) -> list[str]:
     half = max(1, cores // 2)
-    return sorted({f"2:{half}:{cores}", f"1:{cores}:{cores}", f"1:1:{cores}", f"0:1:{cores}",
+    return sorted({f"2:{half}:{cores}", f"1:{cores}:{cores}", f"1:1:{cores}", f"0:0:{cores}",
                    f"2:1:{cores}", f"1:1:{max(1, cores - 1)}", f"2:{half}:{max(1, cores - 1)}"})
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--child"]:  # --child W:D:T, then the extract's own arguments
+        return child(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--weights_dir", "--weights-dir", type=Path,
                         default=os.environ.get("HERO_FEATURES_WEIGHTS") or None,
                         help="checkpoint folder (default: $HERO_FEATURES_WEIGHTS)")
@@ -61,9 +62,7 @@ def main() -> int:
     parser.add_argument("--clip_len", "--clip-len", default="3/2")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    args, rest = parser.parse_known_args()
-    if args.child:
-        return child(args.child, rest)
+    args = parser.parse_args()
     if args.weights_dir is None:
         parser.error("give --weights_dir or set HERO_FEATURES_WEIGHTS")
     cores = os.cpu_count() or 1

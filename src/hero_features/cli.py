@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch_size", "--batch-size", type=int, default=32,
                    help="frames or clips per forward pass, across videos")
     e.add_argument("--num_decoding_thread", "--num-decoding-thread", type=int, default=2,
-                   help="decode worker processes (0 decodes in the main process)")
+                   help="decode worker processes (default 2; 0 decodes in the main process). "
+                        "Each worker gets cores/N FFmpeg threads (at least 1); with 0, "
+                        "FFmpeg picks. Models on a CPU use torch's default of one thread per "
+                        "physical core (set OMP_NUM_THREADS to change it; fewer can be faster "
+                        "on a machine busy with other work: docs/benchmarks.md)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if "
                                                   "available)")
     e.add_argument("--gpus", metavar="all|0,1,3",
