@@ -27,8 +27,15 @@ if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4 >/
     fi
 fi
 if [ ! -x .venv/bin/python ]; then
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        # The tests run on the CPU; pip's default torch is the CUDA build (several GB).
+        echo "note: no NVIDIA GPU seen: for the much smaller CPU build of torch, stop here" \
+             "(Ctrl-C) and run: python3 -m venv .venv && .venv/bin/pip install torch" \
+             "torchvision --index-url https://download.pytorch.org/whl/cpu && $0" >&2
+    fi
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[dev,ray]'
+# No --quiet: the first install downloads torch, and a silent pip looks frozen.
+.venv/bin/pip install --upgrade pip
+.venv/bin/pip install -e '.[dev,ray]'
 exec .venv/bin/python -m pytest "$@"

@@ -31,12 +31,12 @@ def child(config: str, argv: list[str]) -> int:
     allocator.use_caching_allocator()  # restarts this child under tcmalloc, as extract does
     import torch
 
-    from hero_features import pipeline
+    from hero_features import config as run_config
     from hero_features.cli import main
 
     _, decoder, intra_op = (int(x) for x in config.split(":"))
     torch.set_num_threads(intra_op)
-    pipeline.decoder_threads = lambda workers, cores=None: decoder
+    run_config.decoder_threads = lambda workers, cores=None: decoder
     return main(argv)
 
 

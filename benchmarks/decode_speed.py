@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Speed of the decode + sampling stage alone (no model): hero-features vs the reference design.
 
-Ours: `hero_features.producer.produce` (PyAV, one filter graph per video, frames streamed
+Ours: `hero_features.producer.decode_video_units` (PyAV, one filter graph per video, frames streamed
 and cut into clips as they arrive), consumed and thrown away.
 
-Reference design (REFERENCE.md 1.2-1.3, 2.3): per video *and per model*, one `ffprobe`
+Reference design (docs/fidelity.md 3): per video *and per model*, one `ffprobe`
 call and one `ffmpeg -i IN -filter_complex "[0]fps=fps=F[s0];[s0]scale=W:H[s1][;[s1]crop=S:S:X:Y[s2]]"
 -f rawvideo -pix_fmt rgb24 pipe:` subprocess whose whole stdout is captured
 (`Popen.communicate`, as ffmpeg-python's `run(capture_stdout=True, quiet=True)` does) and
@@ -47,11 +47,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_videos  # noqa: E402
 
-from hero_features.producer import Group, Settings, produce  # noqa: E402
+from hero_features.config import DecodeSettings, InputGroup  # noqa: E402
+from hero_features.producer import decode_video_units  # noqa: E402
 from hero_features.sampling import temporal_indices  # noqa: E402
 
 MODELS = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
-# (unit, size, crop) per model, as in REFERENCE.md section 0; used when a model module
+# (unit, size, crop) per model, as in docs/fidelity.md section 1; used when a model module
 # cannot be imported (the registry is the source of truth when it can).
 FALLBACK_GEOMETRY = {
     "slowfast": ("clip", 224, True),
@@ -72,16 +73,16 @@ def geometry(model: str) -> tuple[str, int, bool]:
         from hero_features.models import get_spec
         spec = get_spec(model)
         return spec.unit, spec.size, spec.crop
-    except Exception:  # model module not importable (yet): fall back to REFERENCE.md
+    except Exception:  # model module not importable (yet): fall back to docs/fidelity.md
         return FALLBACK_GEOMETRY[model]
 
 
-def make_groups(models) -> list[Group]:
-    """Our decode groups for `models` (pipeline.make_groups' rule: same unit/size/crop)."""
+def input_groups(models) -> list[InputGroup]:
+    """Our decode groups for `models` (config.input_groups' rule: same unit/size/crop)."""
     groups: dict[tuple, list[str]] = {}
     for name in models:
         groups.setdefault(geometry(name), []).append(name)
-    return [Group(tuple(names), *key) for key, names in groups.items()]
+    return [InputGroup(tuple(names), *key) for key, names in groups.items()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def make_groups(models) -> list[Group]:
 # --------------------------------------------------------------------------------------------
 
 def ffprobe(path) -> dict:
-    """The reference's probe (REFERENCE 1.2): width, height, floor fps, duration."""
+    """The reference's probe (docs/fidelity.md 3.1): width, height, floor fps, duration."""
     out = subprocess.run(["ffprobe", "-show_format", "-show_streams", "-of", "json", str(path)],
                          capture_output=True, check=True).stdout
     stream = next(s for s in json.loads(out)["streams"] if s["codec_type"] == "video")
@@ -150,7 +151,7 @@ def reference_decode(path, unit: str, size: int, crop: bool, clip_len: Fraction,
 
 def reference_clips(frames: np.ndarray, clip_len: Fraction, src_fps: int, duration: float,
                     target_fps: int = 30) -> np.ndarray:
-    """REFERENCE 2.3 on the whole array: (K, 32, H, W, 3) uint8.
+    """docs/fidelity.md 3.5 on the whole array: (K, 32, H, W, 3) uint8.
 
     Copies only where the reference must (padding, the final gather); a video that needs no
     padding is reshaped in place, which if anything favours the reference.
@@ -193,18 +194,18 @@ def run_reference(path, models, clip_len: Fraction, scale_flags="bilinear", keep
 # Ours
 # --------------------------------------------------------------------------------------------
 
-def run_ours(path, groups, settings: Settings, keep=False):
-    """produce() for all groups in one pass; the units are dropped (or kept per group)."""
+def run_ours(path, groups, settings: DecodeSettings, keep=False):
+    """decode_video_units() for all groups in one pass; the units are dropped (or kept per group)."""
     units = 0
     kept: dict[int, list] = {}
-    for message in produce(0, str(path), groups, settings):
-        kind = message[0]
+    for message in decode_video_units(0, str(path), groups, settings):
+        kind = message.kind
         if kind == "units":
-            units += len(message[3]) * len(groups[message[2]].models)
+            units += len(message.units) * len(groups[message.group].models)
             if keep:
-                kept.setdefault(message[2], []).append(message[3])
+                kept.setdefault(message.group, []).append(message.units)
         elif kind == "error":
-            raise RuntimeError(f"produce failed: {message}")
+            raise RuntimeError(f"decode failed: {message}")
     outputs = {}
     if keep:
         for gi, arrays in kept.items():
@@ -254,11 +255,11 @@ def compare_outputs(ours: dict, ref: dict) -> dict:
     return result
 
 
-def benchmark(path, cases, repeats: int, settings: Settings, scale_flags) -> list[dict]:
+def benchmark(path, cases, repeats: int, settings: DecodeSettings, scale_flags) -> list[dict]:
     """cases: (label, models) pairs. Interleaves ours/reference, alternating who goes first."""
     rows = []
     for label, models in cases:
-        groups = make_groups(models)
+        groups = input_groups(models)
         runs = {"ours": [], "reference": []}
         sides = {
             "ours": lambda: run_ours(path, groups, settings)[0],
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clip-len", default="2")
     ap.add_argument("--threads", type=int, default=0,
-                    help="our FFmpeg decoder threads (Settings.threads; 0 = FFmpeg's choice)")
+                    help="our FFmpeg decoder threads (DecodeSettings.threads; 0 = FFmpeg's choice)")
     ap.add_argument("--all-models", action="store_true",
                     help="five models: ours in one pass vs five reference decodes")
     ap.add_argument("--ref-scale-flags", default="bilinear",
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
 
     path = args.video or make_videos.make_video(args.seconds, args.video_dir)
     clip_len = Fraction(args.clip_len)
-    settings = Settings(clip_len=clip_len, threads=args.threads)
+    settings = DecodeSettings(clip_len=clip_len, threads=args.threads)
     scale_flags = None if args.ref_scale_flags == "default" else args.ref_scale_flags
     if args.all_models:
         cases = [("all-models", MODELS)]
@@ -324,7 +325,7 @@ def main(argv=None) -> int:
     checks = {}
     if not args.no_check:
         for label, models in cases:
-            _, ours = run_ours(path, make_groups(models), settings, keep=True)
+            _, ours = run_ours(path, input_groups(models), settings, keep=True)
             _, ref = run_reference(path, models, clip_len, scale_flags, keep=True)
             checks[label] = compare_outputs(ours, ref)
             del ours, ref
@@ -348,7 +349,7 @@ def main(argv=None) -> int:
     if args.profile:
         import cProfile
         import pstats
-        groups = make_groups(cases[0][1])
+        groups = input_groups(cases[0][1])
         profiler = cProfile.Profile()
         profiler.enable()
         run_ours(path, groups, settings)

@@ -54,14 +54,17 @@ def make_videos(folder: Path, count: int, seconds: float, width: int, height: in
 
 def _decode_only(args) -> float:
     path, clip_len = args
-    from hero_features.producer import Group, Settings, produce  # no torch in these processes
+    from hero_features.config import DecodeSettings, InputGroup  # no torch in these processes
+    from hero_features.producer import decode_video_units
 
-    groups = [Group(("slowfast",), "clip", 224, True), Group(("resnet",), "frame", 224, False)]
+    groups = [InputGroup(("slowfast",), "clip", 224, True),
+              InputGroup(("resnet",), "frame", 224, False)]
     seconds = 0.0
-    for message in produce(0, str(path), groups, Settings(clip_len=Fraction(clip_len))):
-        if message[0] == "end":
-            seconds = message[2]
-        elif message[0] == "error":
+    settings = DecodeSettings(clip_len=Fraction(clip_len))
+    for message in decode_video_units(0, str(path), groups, settings):
+        if message.kind == "end":
+            seconds = message.seconds
+        elif message.kind == "error":
             raise RuntimeError(message)
     return seconds
 

@@ -16,12 +16,12 @@ Sides:
   --clip_len C --weights_dir W --device cpu --num_decoding_thread N` (default N = 0, so one
   process decodes and runs the model and `maxrss` is the whole story; `--workers N` to see
   the decode workers, then read `tree`).
-* ours, `decode-only` mode: `hero_features.producer.produce` in one process, every unit
+* ours, `decode-only` mode: `hero_features.producer.decode_video_units` in one process, every unit
   dropped as soon as it arrives (decode + sampling, no torch, no model). This is the stage
   whose memory could grow with the video; the model side holds at most a batch.
 * reference: the reference design's decode of the same graph (ffprobe, then the ffmpeg CLI
   with the whole stdout captured by `Popen.communicate` as ffmpeg-python does, viewed as a
-  numpy array) and, for the clip models, the whole-array clip formation (REFERENCE.md 2.3).
+  numpy array) and, for the clip models, the whole-array clip formation (docs/fidelity.md 3.5).
   No model runs on this side. The reference holds 2x the raw output for a moment
   (communicate's chunk list + the joined bytes), so its peak is about
   2 x frames x H x W x 3 bytes; a run whose estimate is above `--ref-max-gb` is skipped
@@ -161,17 +161,19 @@ def measure(cmd: list[str], env=None) -> dict:
 
 def child_ours_decode(video: str, unit: str, size: int, crop: bool, clip_len: str) -> None:
     from hero_features import allocator
-    from hero_features.producer import Group, Settings, produce
+    from hero_features.config import DecodeSettings, InputGroup
+    from hero_features.producer import decode_video_units
 
     allocator.use_caching_allocator()  # what a decode worker of an extract runs on
 
-    groups = [Group(("bench",), unit, size, crop)]
+    groups = [InputGroup(("bench",), unit, size, crop)]
     units = 0
-    for message in produce(0, video, groups, Settings(clip_len=Fraction(clip_len))):
-        if message[0] == "units":
-            units += len(message[3])
-        elif message[0] == "error":
-            raise SystemExit(f"produce failed: {message}")
+    settings = DecodeSettings(clip_len=Fraction(clip_len))
+    for message in decode_video_units(0, video, groups, settings):
+        if message.kind == "units":
+            units += len(message.units)
+        elif message.kind == "error":
+            raise SystemExit(f"decode failed: {message}")
         del message
     print(json.dumps({"units": units, "allocator": allocator.describe()}))
 

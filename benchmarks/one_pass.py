@@ -2,8 +2,8 @@
 """All five models in ONE `extract` call vs five single-model calls, wall time on the same
 videos, measured in one run (the saving is the four decodes the single call does not repeat).
 
-The decode stage alone is timed too, in this process (`producer.produce`, every unit dropped):
-each model's graph on its own and the one split graph for all five. The target is that the
+The decode stage alone is timed too, in this process (`producer.decode_video_units`, every
+unit dropped): each model's graph on its own and the one split graph for all five. The target is that the
 one call saves at least what the decodes it does not repeat cost:
     (sum of separate calls) - (one call)  >=  (sum of single-model decodes) - (one shared decode)
 
@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fractions import Fraction  # noqa: E402
 
+from hero_features.config import DecodeSettings, input_groups  # noqa: E402
 from hero_features.manifest import find_videos  # noqa: E402
 from hero_features.models import get_spec  # noqa: E402
-from hero_features.pipeline import make_groups  # noqa: E402
-from hero_features.producer import Settings, produce  # noqa: E402
+from hero_features.producer import decode_video_units  # noqa: E402
 
 MODELS = ("slowfast", "mil-nce", "resnet", "clip-vit", "clip-rn50x4")
 
@@ -45,13 +45,13 @@ def run(models, videos: Path, out: Path, args) -> float:
 
 def decode_seconds(models, videos, clip_len: Fraction) -> float:
     """Decode (and sample) every video for `models` in this process, units dropped."""
-    groups = make_groups([get_spec(m) for m in models])
-    settings = Settings(clip_len=clip_len)
+    groups = input_groups([get_spec(m) for m in models])
+    settings = DecodeSettings(clip_len=clip_len)
     started = time.perf_counter()
     for index, path in enumerate(videos):
-        for message in produce(index, str(path), groups, settings):
-            if message[0] == "error":
-                raise SystemExit(f"{path}: {message[3]}")
+        for message in decode_video_units(index, str(path), groups, settings):
+            if message.kind == "error":
+                raise SystemExit(f"{path}: {message.reason}")
     return time.perf_counter() - started
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hero_features.producer import Group, Settings  # noqa: E402
+from hero_features.config import DecodeSettings, InputGroup  # noqa: E402
+from hero_features.messages import End, Info, Units  # noqa: E402
 from hero_features.workers import DecodePool  # noqa: E402
 
 SHAPES = {
@@ -35,10 +36,10 @@ def synthetic_units(video_id, path, groups, settings, active):
     """`path` is "<unit>:<messages>": that many copies of one array."""
     unit, count = path.split(":")
     units = np.random.default_rng(0).integers(0, 255, SHAPES[unit], dtype=np.uint8)
-    yield ("info", video_id, None)
+    yield Info(video_id, None)
     for _ in range(int(count)):
-        yield ("units", video_id, 0, units)
-    yield ("end", video_id, 1.0)
+        yield Units(video_id, 0, units)
+    yield End(video_id, 1.0)
 
 
 def cpu_seconds() -> float:
@@ -48,8 +49,8 @@ def cpu_seconds() -> float:
 
 def measure(unit: str, shared: bool, workers: int, messages: int) -> tuple[float, float, int]:
     """(wall seconds, main-process CPU seconds, bytes) for `workers` videos of `messages`."""
-    pool = DecodePool(workers, (Group(("m",), "clip", 224, True),),
-                      Settings(clip_len=Fraction(2)), produce_fn=synthetic_units,
+    pool = DecodePool(workers, (InputGroup(("m",), "clip", 224, True),),
+                      DecodeSettings(clip_len=Fraction(2)), decode_fn=synthetic_units,
                       shared_memory=shared)
     if shared and not pool.arenas:
         raise SystemExit(f"shared memory unavailable: {pool.transport_note}")
@@ -59,9 +60,9 @@ def measure(unit: str, shared: bool, workers: int, messages: int) -> tuple[float
     moved = 0
     started, cpu = time.perf_counter(), cpu_seconds()
     for message in pool.messages(jobs):
-        if message[0] == "units":
-            np.copyto(batch, message[3])
-            moved += message[3].nbytes
+        if isinstance(message, Units):
+            np.copyto(batch, message.units)
+            moved += message.units.nbytes
     return time.perf_counter() - started, cpu_seconds() - cpu, moved
 
 

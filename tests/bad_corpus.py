@@ -246,7 +246,7 @@ def _latin1(name: str) -> str:
 # -- the cases --------------------------------------------------------------------------------
 # Rows: resnet at clip_len 1.5 samples at 2/3 fps with FFmpeg's fps filter, which keeps
 # round(seconds * 2/3) frames: 2 for 3 s, 3 for 4 s (checked against the ffmpeg CLI, the
-# reference's decoder). Videos under 1.6 s are sampled at 2 fps (REFERENCE 4.2), and one
+# reference's decoder). Videos under 1.6 s are sampled at 2 fps (docs/fidelity.md 3.4), and one
 # under 0.25 s then gets no frame at all, as with the reference.
 SECONDS = 3
 ROWS = 2

@@ -37,6 +37,38 @@ def synthetic_checkpoints(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def cached_models():
+    """Each set of models loaded once for the in-process runs of a test module (only
+    successful loads are kept, so a missing checkpoint still fails as it would)."""
+    import hero_features.device_runner as device_runner
+
+    real, cache = device_runner.load_models, {}
+
+    def load_models(config, device):
+        key = (tuple(config.models), str(config.weights_dir), str(config.checkpoint),
+               str(device))
+        if key not in cache:
+            cache[key] = real(config, device)
+        return dict(cache[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device_runner, "load_models", load_models)
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     return sorted(VIDEOS.glob("*.mp4"))
+
+
+@pytest.fixture(scope="session")
+def timeline_corpus(tmp_path_factory) -> dict:
+    """tests/timeline_corpus.py's videos, made once per session with the ffmpeg CLI."""
+    import shutil
+
+    from timeline_corpus import build
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg CLI (Debian's package) makes the timeline corpus")
+    return build(tmp_path_factory.mktemp("timeline_corpus"))

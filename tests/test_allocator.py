@@ -6,12 +6,14 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from hero_features import allocator
-from hero_features.producer import Group, Settings
+from hero_features.config import DecodeSettings, InputGroup
+from hero_features.messages import Warned
 from hero_features.workers import DecodePool
 from videos import write_video
 
@@ -146,17 +148,38 @@ def test_main_called_in_process_never_restarts(tiny_videos, synthetic_checkpoint
         f"allocator: {allocator.describe()}"
 
 
-def report_allocator(video_id, path, groups, settings, active):
-    """A decode worker's produce_fn: which malloc the worker process runs on."""
-    yield ("warning", video_id, "allocator", allocator.malloc_library())
+def test_the_python_api_never_restarts_nor_speaks_of_the_allocator(
+        tiny_videos, synthetic_checkpoints, monkeypatch, capsys):
+    """hero_features.extract runs inside the user's interpreter: it cannot swap its malloc,
+    so it must not exec, touch LD_PRELOAD or print notes about it (docs/api.md)."""
+    import hero_features
+
+    def no_exec(*args):
+        raise AssertionError(f"the API tried to exec {args}")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+    monkeypatch.delenv("HERO_FEATURES_ALLOCATOR", raising=False)
+    preload = os.environ.get("LD_PRELOAD")
+    features = hero_features.extract(tiny_videos / "one.mp4", models="resnet", device="cpu",
+                                     weights_dir=synthetic_checkpoints)
+    assert features["resnet"].shape[1] == 2048
+    assert os.environ.get("LD_PRELOAD") == preload
+    err = capsys.readouterr().err
+    assert "allocator" not in err and "tcmalloc" not in err, err
+
+
+def report_allocator(video_id, path, groups, settings, active=None):
+    """A decode worker's decode_fn: which malloc the worker process runs on."""
+    yield Warned(video_id, "allocator", allocator.malloc_library())
 
 
 @needs_tcmalloc
 def test_decode_workers_inherit_the_preload(monkeypatch):
     # The state after the restart: the main process's environment names the library.
     monkeypatch.setenv("LD_PRELOAD", str(TCMALLOC))
-    pool = DecodePool(2, [Group(("resnet",), "frame", 224, False)], Settings(clip_len=2),
-                      produce_fn=report_allocator, shared_memory=False)
-    seen = [m[3] for m in pool.messages((i, "unused", (0,)) for i in range(2))
-            if m[0] == "warning"]
+    pool = DecodePool(2, [InputGroup(("resnet",), "frame", 224, False)],
+                      DecodeSettings(clip_len=Fraction(2)), decode_fn=report_allocator,
+                      shared_memory=False)
+    seen = [m.text for m in pool.messages((i, "unused", (0,)) for i in range(2))
+            if m.kind == "warning"]
     assert len(seen) == 2 and all(os.path.samefile(s, TCMALLOC) for s in seen), seen

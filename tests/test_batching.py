@@ -1,17 +1,20 @@
-"""Extractor's batch buffers: units land in order whatever the chunking, a long run reuses
-one buffer per shape, and the kept buffers are bounded per model."""
+"""The core's batches: units land in order whatever the chunking, every batch has the fixed
+shape (a partial one padded with zeros, its padding never handed out), a long run reuses one
+buffer per shape, and the kept buffers are bounded per model. Through the public seams:
+Batcher, DeviceRunner and Pipeline with a stand-in model."""
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from hero_features.models.base import Checkpoint, ModelSpec
-from hero_features.outputs import FailureLog, Summary
-from hero_features.pipeline import SPARE_SHAPES_PER_MODEL, Extractor, Job, _VideoState
-from hero_features.producer import Settings
+from hero_features.batcher import SPARE_SHAPES_PER_MODEL, Batcher
+from hero_features.config import InputGroup, Job
+from hero_features.device_runner import DeviceRunner
+from hero_features.messages import Done, End, Units
+from hero_features.models import Checkpoint, ModelSpec
+from hero_features.pipeline import Pipeline
 
 
 class _FirstPixel(torch.nn.Module):
@@ -28,11 +31,9 @@ def _spec(name: str) -> ModelSpec:
                      preprocess=lambda x: x.permute(0, 3, 1, 2))
 
 
-def _extractor(tmp_path: Path, batch_size: int, names=("a",)) -> Extractor:
-    specs = [_spec(n) for n in names]
-    return Extractor(specs, {n: _FirstPixel() for n in names}, torch.device("cpu"),
-                     Settings(clip_len=Fraction(2)), batch_size, FailureLog(tmp_path),
-                     Summary(), progress=False)
+def _runner(names=("a",)) -> DeviceRunner:
+    return DeviceRunner({n: _spec(n) for n in names}, {n: _FirstPixel() for n in names},
+                        torch.device("cpu"))
 
 
 def _frames(first: int, count: int, width: int = 4) -> np.ndarray:
@@ -41,35 +42,82 @@ def _frames(first: int, count: int, width: int = 4) -> np.ndarray:
     return frames
 
 
-def test_chunks_split_across_batches_come_back_in_order_and_reuse_one_buffer(tmp_path):
-    extractor = _extractor(tmp_path, batch_size=5)
-    extractor._videos[0] = _VideoState(Job(tmp_path / "v.mp4", {"a": tmp_path / "v.npz"}))
-    buffers = []
-    forward = extractor._forward
-    extractor._forward = lambda model, batch: (buffers.append(batch.buffer),
-                                               forward(model, batch))
-    sent = 0
+def test_chunks_split_across_batches_come_back_in_order_in_fixed_shapes(tmp_path):
+    runner = _runner()
+    pipeline = Pipeline(runner, [InputGroup(("a",), "frame", 4, False)], batch_size=5,
+                        clip_len=Fraction(2))
+    video_id, _, active = pipeline.add("v", Job(tmp_path / "v.mp4", {"a": tmp_path / "v.npz"}))
+    assert active == (0,)
+    launched = []
+    launch = runner.launch
+    runner.launch = lambda batch: (launched.append((batch.buffer, batch.fill,
+                                                    batch.buffer.clone())), launch(batch))[1]
+    sent, finished = 0, []
     for count in (3, 7, 1, 16, 2, 4):  # chunks that straddle batch boundaries
-        source = _frames(sent, count)
-        extractor._queue_units(0, "a", source)
+        source = _frames(sent + 1, count)  # first pixels 1.., so zero padding shows
+        finished += pipeline.feed(Units(video_id, 0, source))
         source[:] = 255  # the caller may reuse its array at once (a shared-memory slot)
         sent += count
-    extractor._flush()
-    table = extractor._videos[0].rows["a"]
-    assert [int(table[i][0]) for i in range(sent)] == list(range(sent))
+    finished += pipeline.feed(End(video_id, 2.0))
+    finished += pipeline.feed(Done(video_id))
+    assert finished == []  # the last partial batch is still open
+    finished += pipeline.flush()
+    (key, result), = finished
+    assert key == "v" and result.ok and result.rows == {"a": sent}
+    assert [int(row[0]) for row in result.features["a"]] == list(range(1, sent + 1))
+    # Every batch has the shape (5, ...); the last one, 3 units, is padded with zeros.
+    assert len(launched) == -(-sent // 5)
+    assert all(tuple(copy.shape) == (5, 4, 4, 3) for _, _, copy in launched)
+    _, fill, copy = launched[-1]
+    assert fill == sent % 5 and not copy[fill:].any()
     # Holding every buffer keeps a freed one from coming back at the same address.
-    assert len(buffers) == -(-sent // 5) and all(b is buffers[0] for b in buffers)
+    assert all(buffer is launched[0][0] for buffer, _, _ in launched)
 
 
-def test_kept_buffers_are_bounded_per_model(tmp_path):
-    extractor = _extractor(tmp_path, batch_size=2, names=("a", "b"))
-    extractor._videos[0] = _VideoState(Job(tmp_path / "v.mp4", {"a": tmp_path / "a.npz",
-                                                                 "b": tmp_path / "b.npz"}))
-    extractor._queue_units(0, "b", _frames(0, 2, width=4))
+def test_padding_is_zeroed_in_a_reused_buffer():
+    batcher = Batcher(batch_size=4)
+    full, = batcher.add("a", "x", 0, _frames(1, 4))
+    batcher.give_back(full)
+    assert list(batcher.add("a", "y", 0, _frames(9, 1))) == []
+    partial, = batcher.flush()
+    assert partial.buffer is full.buffer and partial.fill == 1
+    assert int(partial.buffer[0, 0, 0, 0]) == 9 and not partial.buffer[1:].any()
+    assert [(owner, start, count) for owner, start, count, _ in partial.split(None)] == \
+        [("y", 0, 1)]
+
+
+def test_kept_buffers_are_bounded_per_model():
+    batcher = Batcher(batch_size=2)
+    for batch in batcher.add("b", "v", 0, _frames(0, 2, width=4)):
+        batcher.give_back(batch)
     for width in range(5, 5 + SPARE_SHAPES_PER_MODEL + 3):  # many frame sizes for "a"
-        extractor._queue_units(0, "a", _frames(0, 2, width=width))
+        for batch in batcher.add("a", "v", 0, _frames(0, 2, width=width)):
+            batcher.give_back(batch)
     kept = {}
-    for model, shape in extractor._spare:
+    for model, shape in batcher.spare_shapes():
         kept.setdefault(model, []).append(shape[1])
     assert kept["b"] == [4]  # not pushed out by the other model's sizes
     assert kept["a"] == list(range(5 + 3, 5 + SPARE_SHAPES_PER_MODEL + 3))  # most recent
+
+
+def test_waiting_videos_release_their_batches_only(tmp_path, monkeypatch):
+    """Past MAX_WAITING_VIDEOS decoded videos waiting for partial batches, the batches that
+    hold their rows run, padded; a batch of a video still decoding keeps filling."""
+    import hero_features.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_WAITING_VIDEOS", 1)
+    runner = _runner()
+    launched = []
+    launch = runner.launch
+    runner.launch = lambda batch: (launched.append(batch.owners), launch(batch))[1]
+    core = Pipeline(runner, [InputGroup(("a",), "frame", 4, False)], batch_size=4,
+                    clip_len=Fraction(2))
+    ids = {}
+    for name, width in (("a", 4), ("b", 5), ("c", 6)):  # three frame sizes: three batches
+        ids[name], _, _ = core.add(name, Job(tmp_path / f"{name}.mp4", {"a": None}))
+        assert not core.feed(Units(ids[name], 0, _frames(1, 1, width=width)))
+    assert not core.feed(Done(ids["a"]))  # one video waiting: allowed
+    finished = core.feed(Done(ids["c"]))  # two: a's and c's batches run, b's does not
+    assert sorted(key for key, _ in finished) == ["a", "c"]
+    assert sorted(map(sorted, launched)) == [[ids["a"]], [ids["c"]]]
+    assert core.feed(Done(ids["b"])) == [] and core.flush()[0][0] == "b"

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +25,8 @@ def test_gpu_script_smoke_runs_on_cpu(synthetic_checkpoints):
 def test_every_benchmark_script_imports_and_parses_its_arguments():
     """The benchmarks are run by hand, rarely: keep each one at least importable."""
     scripts = sorted((ROOT / "benchmarks").glob("*.py"))
-    assert len(scripts) >= 8 and ROOT / "benchmarks" / "cpu_allocator.py" in scripts
+    assert len(scripts) >= 8 and {ROOT / "benchmarks" / name for name in
+                                  ("device_scale.py", "cpu_allocator.py")} <= set(scripts)
     for script in scripts:
         result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                                 text=True, timeout=120, cwd=ROOT)
@@ -38,3 +43,14 @@ def test_transport_benchmark_moves_units_both_ways():
         for transport in ("shared memory", "pickled pipe"):
             assert any(line.startswith(unit) and transport in line and "MB/s" in line
                        for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="device_scale.py makes its videos "
+                    "with the ffmpeg CLI")
+def test_device_scale_benchmark_prints_its_ratio_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_scale.py"),
+                             "--seconds", "1", "--repeats", "1", "--video-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"decode CPU ratio 720p \d+\.\d\d 360p \d+\.\d\d", last), last

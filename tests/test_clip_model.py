@@ -8,10 +8,11 @@ import pytest
 import torch
 from open_clip.model import CLIP
 
-from hero_features.models.clip import (MEAN, RN50X4_SPEC, STD, VIT_SPEC, load_clip,
-                                       preprocess_clip)
+from hero_features.models import get_spec
+from hero_features.models.clip import MEAN, STD, load_clip, preprocess_clip
 
 METADATA = ("input_resolution", "context_length", "vocab_size")
+VIT_SPEC, RN50X4_SPEC = get_spec("clip-vit"), get_spec("clip-rn50x4")
 
 
 def _image(size: int) -> torch.Tensor:
@@ -52,6 +53,7 @@ def test_specs_match_reference():
         ck = spec.checkpoint
         assert ck.url.endswith(f"/{ck.sha256}/{ck.filename}")
         assert not spec.l2_normalize
+        assert spec.build.resolve() is load_clip and spec.preprocess.resolve() is preprocess_clip
 
 
 def test_damaged_state_dict_is_refused(tmp_path, vit_state_dict):

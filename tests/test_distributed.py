@@ -2,12 +2,17 @@
 
 Every backend's outputs must be bit-equal to a single-process run. CPU results depend on the
 number of torch threads in their last bits, so the single-process reference runs with the
-thread count the backend's workers get.
+thread count the backend's workers get. Batch composition does not matter: batches have one
+fixed shape, whichever backend fills them (Ray's actor batches other videos' units together
+than the local run does), also for CLIP, whose matmuls give other bits at other shapes.
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from fractions import Fraction
@@ -18,11 +23,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hero_features.distributed import (TEST_EXIT_ENV, cpu_threads, parse_shard, resolve_gpus,
-                                       run_multi_device, select_shard, shard_key, shard_of)
+import hero_features.multigpu as multigpu
+import hero_features.ray_backend as ray_backend
+from hero_features.config import Job, RunConfig
 from hero_features.manifest import is_complete
+from hero_features.multigpu import cpu_threads, resolve_gpus, run_multi_device
 from hero_features.outputs import FailureLog, Summary
-from hero_features.pipeline import Job, RunConfig, run_on_device
+from hero_features.pipeline import run_on_device
+from hero_features.shards import parse_shard, select_shard, shard_key, shard_of
+from hero_features.producer import decode_video_units
 from hero_features.weights import WeightsError
 from helpers import failures, load
 
@@ -41,13 +50,18 @@ def video_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_config(weights: Path, out: Path, workers: int = 0) -> RunConfig:
-    return RunConfig(models=["resnet"], clip_len=Fraction(3, 2), batch_size=2, workers=workers,
+BOTH = ("resnet", "clip-vit")
+
+
+def make_config(weights: Path, out: Path, workers: int = 0, models=("resnet",)) -> RunConfig:
+    return RunConfig(models=list(models), clip_len=Fraction(3, 2), batch_size=2,
+                     decode_workers=workers,
                      weights_dir=weights, download=False, output_dir=out, progress=False)
 
 
-def make_jobs(video_dir: Path, out: Path, names=None) -> list[Job]:
-    return [Job(video_dir / name, {"resnet": out / "resnet_features" / f"{Path(name).stem}.npz"})
+def make_jobs(video_dir: Path, out: Path, names=None, models=("resnet",)) -> list[Job]:
+    return [Job(video_dir / name, {m: out / f"{m}_features" / f"{Path(name).stem}.npz"
+                                   for m in models})
             for name in sorted(names or NAMES)]
 
 
@@ -68,28 +82,64 @@ def torch_threads(count: int):
 
 @pytest.fixture(scope="module")
 def reference(video_dir, synthetic_checkpoints, tmp_path_factory):
-    """name -> features of a single-process run, per torch thread count (computed once each)."""
+    """name -> features of a single-process run of resnet and clip-vit, per torch thread
+    count and model (computed once per thread count)."""
     runs: dict[int, dict] = {}
 
-    def get(threads: int) -> dict:
+    def get(threads: int, model: str = "resnet") -> dict:
         if threads not in runs:
             out = tmp_path_factory.mktemp(f"reference_{threads}")
             summary = Summary()
             with torch_threads(threads):
-                run_on_device(make_config(synthetic_checkpoints, out), torch.device("cpu"),
-                              make_jobs(video_dir, out), summary, FailureLog(out))
+                run_on_device(make_config(synthetic_checkpoints, out, models=BOTH),
+                              torch.device("cpu"), make_jobs(video_dir, out, models=BOTH),
+                              summary, FailureLog(out))
             assert summary.done == len(NAMES), failures(out)
-            runs[threads] = {name: load(out / "resnet_features" / f"{Path(name).stem}.npz")
-                             for name in NAMES}
-        return runs[threads]
+            runs[threads] = {m: {name: load(out / f"{m}_features" / f"{Path(name).stem}.npz")
+                                 for name in NAMES} for m in BOTH}
+        return runs[threads][model]
 
     return get
 
 
-def assert_matches(out: Path, expected: dict, names) -> None:
+# Failures injected into spawned workers and Ray tasks: module-level, so they can be sent there.
+# Each exits at once (os._exit) holding its video, as a process hit by a fatal CUDA error or
+# the OOM killer would.
+DIES_ON = "b.mp4"  # the --gpus worker that takes this video dies
+RAY_DIES_ON = "c.mp4"  # the Ray decode task of this video dies, on every attempt
+DEATH_CODE = 86
+
+
+class _DieOnTaking:
+    """A worker's pipe end that ends the worker as soon as it is handed DIES_ON."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def recv(self):
+        item = self.conn.recv()
+        if item is not None and Path(item[1].video_path).name == DIES_ON:
+            os._exit(DEATH_CODE)
+        return item
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def worker_dying_on_b(rank, device, config, conn, threads):
+    multigpu._worker_main(rank, device, config, _DieOnTaking(conn), threads)
+
+
+def decode_dying_on_c(video_id, path, groups, settings, active=None, on_frame=None):
+    if Path(path).name == RAY_DIES_ON:
+        os._exit(DEATH_CODE)
+    yield from decode_video_units(video_id, path, groups, settings, active, on_frame=on_frame)
+
+
+def assert_matches(out: Path, expected: dict, names, model: str = "resnet") -> None:
     for name in names:
-        got = load(out / "resnet_features" / f"{Path(name).stem}.npz")
-        assert np.array_equal(got, expected[name]), name
+        got = load(out / f"{model}_features" / f"{Path(name).stem}.npz")
+        assert np.array_equal(got, expected[name]), (name, model)
 
 
 # == --gpus ========================================================================================
@@ -109,21 +159,22 @@ def test_two_workers_do_every_video_once_and_match_one_process(tmp_path, video_d
 
 
 def test_a_dead_workers_videos_are_logged_then_redone_by_a_rerun(tmp_path, video_dir, reference,
-                                                               synthetic_checkpoints,
-                                                               monkeypatch):
+                                                               synthetic_checkpoints):
     config = make_config(synthetic_checkpoints, tmp_path, workers=1)
     jobs = make_jobs(video_dir, tmp_path)
-    monkeypatch.setenv(TEST_EXIT_ENV, "b.mp4")  # whichever worker takes b.mp4 exits holding it
     finished = []
     summary = Summary(videos=len(NAMES))
+    # whichever worker takes b.mp4 exits holding it
     run_multi_device(config, ["cpu", "cpu"], jobs, summary, FailureLog(tmp_path),
-                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+                     on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
+                     worker_fn=worker_dying_on_b)
     assert sorted(name for name, _ in finished) == sorted(NAMES)  # each reported once
     lost = {name for name, ok in finished if not ok}
     logged = failures(tmp_path)
     assert "b.mp4" in lost
     assert {Path(f["video_path"]).name for f in logged} == lost
-    assert all(f["stage"] == "worker" and "exit code 86" in f["error"] for f in logged)
+    assert all(f["stage"] == "worker" and f"exit code {DEATH_CODE}" in f["error"]
+               for f in logged)
     assert (summary.done, summary.failed) == (len(NAMES) - len(lost), len(lost))
     for name in NAMES:  # no partial output for what was lost, a finished one for the rest
         path = tmp_path / "resnet_features" / f"{Path(name).stem}.npz"
@@ -132,7 +183,6 @@ def test_a_dead_workers_videos_are_logged_then_redone_by_a_rerun(tmp_path, video
 
     # The rerun is what the cli would hand any backend; here the plain single-process one,
     # which saves two more worker start-ups (a ResNet-152 load each).
-    monkeypatch.delenv(TEST_EXIT_ENV)
     rerun = todo(jobs)
     assert {job.video_path.name for job in rerun} == lost
     summary = Summary(videos=len(rerun))
@@ -200,52 +250,112 @@ def test_shard_spelling():
 def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_dir, reference,
                                                                synthetic_checkpoints):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[data]')")
-    from hero_features.distributed import RayOptions, run_ray
+    from hero_features.ray_backend import RayOptions, run_ray
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     names = ["a.mp4", "b.mp4", "c.mp4"]
-    jobs = make_jobs(video_dir, tmp_path, names) + \
-        [Job(broken, {"resnet": tmp_path / "resnet_features" / "broken.npz"})]
+    jobs = make_jobs(video_dir, tmp_path, names, models=BOTH) + \
+        [Job(broken, {m: tmp_path / f"{m}_features" / "broken.npz" for m in BOTH})]
     finished = []
     summary = Summary(videos=len(jobs))
-    # The decode task of c.mp4 dies on every attempt: retried, then logged.
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {TEST_EXIT_ENV: "c.mp4"}})
+    # The decode task of c.mp4 dies on every attempt: retried, then logged. The failing decode
+    # travels by value: Ray's workers need not import this test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
-        run_ray(make_config(synthetic_checkpoints, tmp_path), jobs, summary,
+        run_ray(make_config(synthetic_checkpoints, tmp_path, models=BOTH), jobs, summary,
                 FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
-                on_finish=lambda job, ok: finished.append((job.video_path.name, ok)))
+                on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
+                decode_fn=decode_dying_on_c)
     finally:
         ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert sorted(finished) == [("a.mp4", True), ("b.mp4", True), ("broken.mp4", False),
                                 ("c.mp4", False)]
-    assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4})
+    assert (summary.done, summary.failed, summary.rows) == (2, 2, {"resnet": 4, "clip-vit": 4})
     assert summary.model_seconds["resnet"] > 0  # the actors' time, for the rows/s line
     logged = {Path(f["video_path"]).name: f for f in failures(tmp_path)}
     assert logged.keys() == {"broken.mp4", "c.mp4"}
     assert logged["broken.mp4"]["stage"] in ("open", "probe")
     assert logged["c.mp4"]["stage"] == "ray" and "after 1 retries" in logged["c.mp4"]["error"]
-    assert not any((tmp_path / "resnet_features" / f"{n}.npz").exists() for n in ("broken", "c"))
+    assert not any((tmp_path / f"{m}_features" / f"{n}.npz").exists()
+                   for n in ("broken", "c") for m in BOTH)
     # Ray gives a CPU actor one OpenMP thread (OMP_NUM_THREADS = its CPUs).
-    assert_matches(tmp_path, reference(1), ["a.mp4", "b.mp4"])
+    for model in BOTH:
+        assert_matches(tmp_path, reference(1, model), ["a.mp4", "b.mp4"], model)
 
 
-def test_the_ray_decode_watchdog_fires_on_a_stall_only():
-    import threading
-    import time
+class _Clock:
+    """The watchdog's time.monotonic, moved on by the test alone."""
 
-    from hero_features.distributed import _StallWatch
+    def __init__(self):
+        self.now = 0.0
 
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _CountedWaits:
+    """Stands in for a _StallWatch's `stopped` event and counts the watch thread's polls, so
+    the test can know that the watch looked at the clock, instead of sleeping and hoping."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+        self.polls = 0
+        self.cond = threading.Condition()
+
+    def wait(self, timeout=None) -> bool:
+        with self.cond:
+            self.polls += 1
+            self.cond.notify_all()
+        return self.event.wait(timeout)
+
+    def set(self) -> None:
+        self.event.set()
+
+    def two_more_polls(self) -> None:
+        """Returns once the watch has passed through its check at least once more."""
+        with self.cond:
+            target = self.polls + 2
+            assert self.cond.wait_for(lambda: self.polls >= target, timeout=60), \
+                "the watch thread stopped polling"
+
+
+def _watch(monkeypatch, limit: float, on_stall):
+    clock = _Clock()
+    monkeypatch.setattr(ray_backend, "time", clock)  # only the watchdog's module sees it
+    before = set(threading.enumerate())
+    watch = ray_backend._StallWatch(limit, "x.mp4", on_stall=on_stall)
+    thread, = set(threading.enumerate()) - before
+    watch.stopped = _CountedWaits(watch.stopped)
+    return watch, clock, thread
+
+
+def test_the_ray_decode_watchdog_fires_on_a_stall_only(monkeypatch):
     fired = threading.Event()
-    watch = _StallWatch(0.2, "x.mp4", on_stall=fired.set)
-    with watch.pause():  # waiting for the models is not a stall
-        time.sleep(0.4)
+    watch, clock, thread = _watch(monkeypatch, 0.2, fired.set)
+    with watch.pause():  # waiting for the models is not a stall, however long it lasts
+        clock.now = 1000.0
+        watch.stopped.two_more_polls()
+        assert not fired.is_set()
+    watch.stopped.two_more_polls()  # the pause ended with a tick: no stall yet
     assert not fired.is_set()
-    assert fired.wait(2)
+    clock.now += 0.1
+    watch.stopped.two_more_polls()  # within the limit
+    assert not fired.is_set()
+    clock.now += 0.2  # past it
+    assert fired.wait(60)
+    thread.join(60)
+    assert not thread.is_alive()  # it fires once and ends
     watch.stop()
+
+
+def test_a_stopped_ray_decode_watchdog_never_fires(monkeypatch):
     quiet = threading.Event()
-    watch = _StallWatch(0.2, "y.mp4", on_stall=quiet.set)
+    watch, clock, thread = _watch(monkeypatch, 0.2, quiet.set)
     watch.stop()  # the task ended: the worker goes on to other tasks
-    time.sleep(0.4)
+    thread.join(60)
+    assert not thread.is_alive()  # so no later stall can end the worker
+    clock.now = 1000.0
     assert not quiet.is_set()

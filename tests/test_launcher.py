@@ -14,10 +14,22 @@ SCRIPT = REPO / "launch_container.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
+# `docker info` answers with $FAKE_DOCKER_RUNTIMES (or fails when it is "FAIL"); any other
+# call records its arguments.
 FAKE_DOCKER = """#!/bin/sh
+if [ "$1" = info ]; then
+    [ "$FAKE_DOCKER_RUNTIMES" = FAIL ] && exit 1
+    printf '%s\\n' "$FAKE_DOCKER_RUNTIMES"
+    exit 0
+fi
 : > "$FAKE_DOCKER_ARGV"
 for arg in "$@"; do printf '%s\\n' "$arg" >> "$FAKE_DOCKER_ARGV"; done
 """
+WITH_NVIDIA = '{"io.containerd.runc.v2":{"path":"runc"},"nvidia":{"path":"nvidia-container-runtime"}}'
+WITHOUT_NVIDIA = '{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}'
+# What the script and the sourcing check run besides docker: PATH holds only these, so that an
+# NVIDIA toolkit installed on the test machine cannot change what the script sees.
+TOOLS = ("mkdir", "id", "dirname", "sort")
 
 # Bash variables that change by themselves between two commands.
 DYNAMIC = {"_", "BASH_ARGC", "BASH_ARGV", "BASH_LINENO", "BASH_SOURCE", "BASH_COMMAND",
@@ -32,10 +44,14 @@ def env(tmp_path):
     docker = bin_dir / "docker"
     docker.write_text(FAKE_DOCKER)
     docker.chmod(0o755)
+    for tool in TOOLS:
+        os.symlink(shutil.which(tool), bin_dir / tool)
     environ = {k: v for k, v in os.environ.items()
-               if k not in {"CUDA_VISIBLE_DEVICES", "HERO_FEATURES_IMAGE"}}
-    environ["PATH"] = f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}"
+               if k not in {"CUDA_VISIBLE_DEVICES", "HERO_FEATURES_IMAGE", "HERO_FEATURES_GPUS",
+                            "HERO_FEATURES_SKIP_GPU_CHECK"}}
+    environ["PATH"] = str(bin_dir)
     environ["FAKE_DOCKER_ARGV"] = str(tmp_path / "argv.txt")
+    environ["FAKE_DOCKER_RUNTIMES"] = WITH_NVIDIA
     return environ
 
 
@@ -50,22 +66,26 @@ def _argv(env) -> list[str]:
     return Path(env["FAKE_DOCKER_ARGV"]).read_text().splitlines()
 
 
+BASH = shutil.which("bash")
+
+
 def _run(args, env, **kw):
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, text=True,
+    return subprocess.run([BASH, str(SCRIPT), *map(str, args)], env=env, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=60, **kw)
 
 
 def _expected(video: Path, out: Path, devices="all", tty="-i",
               image="hero-features:latest", command=("bash",)) -> list[str]:
+    gpus = [] if devices is None else ["--gpus", f'"device={devices}"',
+                                       "--env", f"NVIDIA_VISIBLE_DEVICES={devices}"]
     return [
         "run",
-        "--gpus", f'"device={devices}"',
+        *gpus,
         "--ipc=host", "--network=host", "--rm", tty,
         "--user", f"{os.getuid()}:{os.getgid()}",
         "--mount", f'type=bind,"src={os.path.realpath(REPO)}",dst=/src',
         "--mount", f'type=bind,"src={os.path.realpath(video)}",dst=/video,readonly',
         "--mount", f'type=bind,"src={os.path.realpath(out)}",dst=/output',
-        "--env", f"NVIDIA_VISIBLE_DEVICES={devices}",
         "--env", "PYTHONPATH=/src/src",
         "--workdir", "/src",
         image, *command,
@@ -105,7 +125,7 @@ def test_terminal_gets_it(env, dirs):
     video, out = dirs
     primary, secondary = pty.openpty()
     try:
-        result = subprocess.run(["bash", str(SCRIPT), str(video), str(out)], env=env,
+        result = subprocess.run([BASH, str(SCRIPT), str(video), str(out)], env=env,
                                 stdin=secondary, capture_output=True, text=True, timeout=60)
     finally:
         os.close(primary)
@@ -161,7 +181,7 @@ def test_sourcing_leaks_nothing(env, dirs, tmp_path):
     snap = tmp_path / "snap"
     snap.mkdir()
     env.update(SCRIPT=str(SCRIPT), VIDEO=str(video), OUT=str(out), SNAP=str(snap))
-    result = subprocess.run(["bash", "-c", SOURCE_CHECK], env=env, text=True,
+    result = subprocess.run([BASH, "-c", SOURCE_CHECK], env=env, text=True,
                             capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "status=0" in result.stdout
@@ -172,3 +192,55 @@ def test_sourcing_leaks_nothing(env, dirs, tmp_path):
         assert _variables(snap / f"{after}.set") == _variables(snap / "before.set")
         assert (snap / f"{after}.fn").read_text() == (snap / "before.fn").read_text()
         assert (snap / f"{after}.opt").read_text() == (snap / "before.opt").read_text()
+
+
+# == GPUs: none, and a host without the NVIDIA runtime ===========================================
+
+def test_gpus_none_runs_without_gpus(env, dirs):
+    video, out = dirs
+    env.update(HERO_FEATURES_GPUS="none", FAKE_DOCKER_RUNTIMES=WITHOUT_NVIDIA,
+               CUDA_VISIBLE_DEVICES="0")
+    result = _run([video, out, "hero-features", "models"], env)
+    assert result.returncode == 0, result.stderr
+    assert _argv(env) == _expected(video, out, devices=None,
+                                   command=("hero-features", "models"))
+
+
+def test_gpus_picks_the_devices(env, dirs):
+    video, out = dirs
+    env.update(HERO_FEATURES_GPUS="1,3", CUDA_VISIBLE_DEVICES="0")
+    result = _run([video, out], env)
+    assert result.returncode == 0, result.stderr
+    assert _argv(env) == _expected(video, out, devices="1,3")
+
+
+def test_a_missing_nvidia_runtime_is_named_with_what_to_do(env, dirs):
+    video, out = dirs
+    env["FAKE_DOCKER_RUNTIMES"] = WITHOUT_NVIDIA
+    result = _run([video, out], env)
+    assert result.returncode == 2
+    assert not Path(env["FAKE_DOCKER_ARGV"]).exists()  # docker run never called
+    assert not out.exists()  # nothing left behind
+    message = " ".join(result.stderr.split())
+    assert "docker cannot give this container GPUs" in message
+    assert "nvidia-container-toolkit" in message and "nvidia-ctk runtime configure" in message
+    assert "HERO_FEATURES_GPUS=none" in message
+
+
+@pytest.mark.parametrize("way", ["hook on PATH", "cli on PATH", "check skipped",
+                                 "docker info fails"])
+def test_the_runtime_check_lets_these_through(env, dirs, way):
+    video, out = dirs
+    env["FAKE_DOCKER_RUNTIMES"] = WITHOUT_NVIDIA
+    if way in ("hook on PATH", "cli on PATH"):
+        tool = Path(env["PATH"]) / ("nvidia-container-runtime-hook" if way == "hook on PATH"
+                                    else "nvidia-container-cli")
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o755)
+    elif way == "check skipped":
+        env["HERO_FEATURES_SKIP_GPU_CHECK"] = "1"
+    else:  # docker run will say what is wrong with docker itself
+        env["FAKE_DOCKER_RUNTIMES"] = "FAIL"
+    result = _run([video, out], env)
+    assert result.returncode == 0, result.stderr
+    assert _argv(env) == _expected(video, out)

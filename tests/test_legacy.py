@@ -20,7 +20,7 @@ import pytest
 import hero_features.cli
 from hero_features import legacy
 from hero_features.manifest import read_csv
-from helpers import extract, load
+from helpers import assert_parity_of, extract, load
 
 from conftest import VIDEOS
 
@@ -54,6 +54,9 @@ README = [
 # model -> the clip_len its README command uses (mil-nce and clip keep their defaults)
 CLIP_LEN = {"slowfast": "2", "resnet": "2", "mil-nce": "3/2", "clip-vit": "1.5",
             "clip-rn50x4": "1.5"}
+# model -> the golden folder of the reference's own outputs at that clip_len
+GOLDEN_FOLDER = {model: f"{model}_{'1.5' if clip_len == '3/2' else clip_len}"
+                 for model, clip_len in CLIP_LEN.items()}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def package_run(tmp_path_factory, corpus, synthetic_checkpoints) -> Path:
     for clip_len, models in (("2", "slowfast,resnet"), ("3/2", "mil-nce,clip-vit,clip-rn50x4")):
         assert extract("--model", models, "--video_path", corpus, "--output_dir", out,
                        "--clip_len", clip_len, "--num_decoding_thread", "0",
-                       weights=synthetic_checkpoints) == 0
+                       "--batch_size", "2", weights=synthetic_checkpoints) == 0
     return out
 
 
@@ -121,9 +124,12 @@ def test_readme_outputs_equal_the_package(readme_run, package_run, model):
     for name in names:
         got, want = load(legacy_dir / name), load(package_dir / name)
         assert got.dtype == want.dtype == np.float16 and got.shape == want.shape
-        # Batch sizes differ (45 per video vs 32 across videos): float16 rounding at most.
+        # Batch sizes differ (the README's 45 or 64 vs 2): float16 rounding at most.
         np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32),
                                    rtol=2e-3, atol=2e-3 * float(np.abs(want).max()))
+    # ... and both are the reference's own features (its goldens), within the parity bound
+    for folder in (legacy_dir, package_dir):
+        assert_parity_of(GOLDEN_FOLDER[model], {name.stem: folder / name for name in names})
 
 
 def test_readme_gather_writes_the_reference_csv_names(readme_run, corpus):

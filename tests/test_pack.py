@@ -18,6 +18,7 @@ lmdb = pytest.importorskip("lmdb")
 msgpack = pytest.importorskip("msgpack")
 msgpack_numpy = pytest.importorskip("msgpack_numpy")
 
+from hero_features.cli import main  # noqa: E402
 from hero_features.pack import (  # noqa: E402
     PackError, db_name, pack, rows_per_clip, run_from_args,
 )
@@ -232,7 +233,7 @@ def test_run_from_args_exit_codes(features, tmp_path, capsys):
     assert run_from_args(args) == 1  # beta and gamma left out
     assert (out / "video_db" / "resnet_slowfast_1.5" / "data.mdb").is_file()
     assert "packed 2 videos" in capsys.readouterr().out
-    args = argparse.Namespace(output_dir=tmp_path / "nothing", db_dir=tmp_path / "db",
-                              clip_interval=None)
-    assert run_from_args(args) == 2
+    # what cannot run is an error of the family, exit status 2 through the command line
+    assert main(["pack", "--output_dir", str(tmp_path / "nothing"), "--db_dir",
+                 str(tmp_path / "db")]) == 2
     assert "error" in capsys.readouterr().err

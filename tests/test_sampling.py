@@ -1,4 +1,4 @@
-"""Clip maths of REFERENCE.md 2.3 / 2.8: index tables, row counts, padding, and a property
+"""Clip maths (docs/fidelity.md 3.5): index tables, row counts, padding, and a property
 test against a whole-video transcription of the reference."""
 import math
 from fractions import Fraction
@@ -78,7 +78,7 @@ def test_max_clips_uses_python_float_division():
     assert max_clips(0.0, Fraction(2)) is None
 
 
-# --- temporal sampling tables (REFERENCE.md 2.3) ----------------------------------------
+# --- temporal sampling tables (docs/fidelity.md 3.5) ----------------------------------------
 
 FULL_TABLE = {
     (23, 60): [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 17, 18, 20, 21, 23, 24, 26, 27, 29, 31,
@@ -145,11 +145,11 @@ def test_formula_choice_shows_only_at_unusual_rates():
 
 
 def test_old_torch_linspace_slow_pathway():
-    # REFERENCE.md 2.4: torch <= 1.5 gives 30 where newer torch gives 31.
+    # docs/fidelity.md 2: torch <= 1.5 gives 30 where newer torch gives 31.
     assert _linspace_f32(0, 31, 8).astype(np.int64).tolist() == [0, 4, 8, 13, 17, 22, 26, 30]
 
 
-# --- row counts (REFERENCE.md 2.8 and the parity goldens) -------------------------------
+# --- row counts (the reference's worked example and the parity goldens) ----------------
 
 @pytest.mark.parametrize("n, duration, clip_len, rows", [
     (300, 10.0, "2", 5), (300, 10.0, "3/2", 7),        # worked example 2.8
@@ -233,7 +233,7 @@ def test_min_num_features_that_the_reference_cannot_split():
 # --- property test against a whole-video transcription of the reference -----------------
 
 def reference_clips(n, clip_len, src_fps, duration, min_num_features):
-    """preprocessing.py of the reference, on a whole array (REFERENCE.md 2.3)."""
+    """preprocessing.py of the reference, on a whole array (docs/fidelity.md 3.5)."""
     x = np.stack([frame(i) for i in range(n)])
     x = np.concatenate([x, np.repeat(x[-1:], -n % FPS, axis=0)])
     seconds = x.reshape(-1, FPS, *x.shape[1:])

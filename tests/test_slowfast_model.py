@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from hero_features.models import get_spec
 from hero_features.models.slowfast import (
-    SLOWFAST_INDICES, SPEC, SlowFastR50, caffe2_key, convert_caffe2_blobs, load_slowfast,
+    SLOWFAST_INDICES, SlowFastR50, caffe2_key, convert_caffe2_blobs, load_slowfast,
     preprocess_slowfast)
 from hero_features.safe_pickle import UnsafePickleError, load_caffe2_pickle
 
@@ -46,9 +47,11 @@ def test_slow_pathway_indices():
 
 
 def test_spec():
+    SPEC = get_spec("slowfast")
     assert (SPEC.name, SPEC.dim, SPEC.unit, SPEC.size, SPEC.crop) == ("slowfast", 2304, "clip", 224, True)
     assert SPEC.checkpoint.filename == "SLOWFAST_8x8_R50.pkl"
-    assert SPEC.build is load_slowfast and SPEC.preprocess is preprocess_slowfast
+    assert SPEC.build.resolve() is load_slowfast
+    assert SPEC.preprocess.resolve() is preprocess_slowfast
 
 
 @pytest.mark.parametrize("blob, key", [

@@ -11,37 +11,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hero_features.producer import Group, Settings, produce
+from hero_features.config import DecodeSettings, InputGroup
+from hero_features.messages import End, Info, Units
+from hero_features.producer import decode_video_units
 from hero_features.transport import SLOT_BYTES, SLOTS, shm_room
 from hero_features.workers import DecodePool
 
 DATA = Path(__file__).parent / "data" / "videos"
-CLIPS = (Group(("slowfast",), "clip", 224, True),)
-FRAMES = (Group(("resnet",), "frame", 224, False),)
-SETTINGS = Settings(clip_len=Fraction(2))
+CLIPS = (InputGroup(("slowfast",), "clip", 224, True),)
+FRAMES = (InputGroup(("resnet",), "frame", 224, False),)
+SETTINGS = DecodeSettings(clip_len=Fraction(2))
 MANY = 3 * SLOTS + 1  # more messages than a worker has slots
 
 
 def numbered_units(video_id, path, groups, settings, active):
     """Units whose every byte is their message number, so a reused slot would show."""
-    yield ("info", video_id, None)
+    yield Info(video_id, None)
     for i in range(MANY):
-        yield ("units", video_id, 0, np.full((2, 64, 64, 3), i, np.uint8))
-    yield ("end", video_id, 1.0)
+        yield Units(video_id, 0, np.full((2, 64, 64, 3), i, np.uint8))
+    yield End(video_id, 1.0)
 
 
 def oversized_units(video_id, path, groups, settings, active):
-    yield ("info", video_id, None)
-    yield ("units", video_id, 0, np.full((SLOT_BYTES // 3 + 1, 1, 1, 3), 7, np.uint8))
-    yield ("units", video_id, 0, np.full((1, 8, 8, 3), 9, np.uint8))
-    yield ("end", video_id, 1.0)
+    yield Info(video_id, None)
+    yield Units(video_id, 0, np.full((SLOT_BYTES // 3 + 1, 1, 1, 3), 7, np.uint8))
+    yield Units(video_id, 0, np.full((1, 8, 8, 3), 9, np.uint8))
+    yield End(video_id, 1.0)
 
 
 def _shm_files() -> set:
+    """Names in /dev/shm. An unreadable /dev/shm fails the test: an empty set would make every
+    "nothing left behind" check below pass without looking."""
     try:
         return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
+    except OSError as exc:
+        pytest.fail(f"cannot list /dev/shm, so leftovers cannot be checked: {exc}")
 
 
 def _arena_ranges(pool) -> list:
@@ -69,16 +73,16 @@ def _video() -> Path:
 @pytest.mark.parametrize("groups", [CLIPS, FRAMES], ids=["clips", "frames"])
 def test_units_through_shared_memory_match_in_process_decoding(groups):
     video = _video()
-    expected = [m[3].copy() for m in produce(0, str(video), groups, SETTINGS)
-                if m[0] == "units"]
+    expected = [m.units.copy() for m in decode_video_units(0, str(video), groups, SETTINGS)
+                if m.kind == "units"]
     pool = DecodePool(1, groups, SETTINGS)
     assert pool.arenas, pool.transport_note
     ranges = _arena_ranges(pool)
     got, in_place = [], 0
     for message in pool.messages([(0, str(video), (0,))]):
-        if message[0] == "units":
-            in_place += _in_arena(ranges, message[3])  # read in place, not unpickled
-            got.append(message[3].copy())
+        if message.kind == "units":
+            in_place += _in_arena(ranges, message.units)  # read in place, not unpickled
+            got.append(message.units.copy())
     assert len(got) == len(expected) > 0
     assert in_place == len(got)
     for a, b in zip(got, expected):
@@ -86,31 +90,32 @@ def test_units_through_shared_memory_match_in_process_decoding(groups):
 
 
 def test_a_slot_is_not_reused_before_the_reader_asks_for_the_next_message():
-    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=numbered_units)
+    pool = DecodePool(1, FRAMES, SETTINGS, decode_fn=numbered_units)
     names = {arena.name.lstrip("/") for arena in pool.arenas}
+    assert names and names <= _shm_files()  # the check below can see the arenas
     values = []
     for message in pool.messages([(0, "unused", (0,))]):
-        if message[0] == "units":
+        if message.kind == "units":
             time.sleep(0.02)  # a writer ignoring the hand-back would overwrite this slot now
-            assert len(np.unique(message[3])) == 1
-            values.append(int(message[3][0, 0, 0, 0]))
+            assert len(np.unique(message.units)) == 1
+            values.append(int(message.units[0, 0, 0, 0]))
     assert values == list(range(MANY))
     # The arenas are gone once the pool is closed (messages() closes it).
     assert not names & _shm_files()
 
 
 def test_units_larger_than_a_slot_go_through_the_pipe():
-    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=oversized_units)
+    pool = DecodePool(1, FRAMES, SETTINGS, decode_fn=oversized_units)
     ranges = _arena_ranges(pool)
-    seen = [(_in_arena(ranges, m[3]), m[3].nbytes, int(m[3].max()))
-            for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    seen = [(_in_arena(ranges, m.units), m.units.nbytes, int(m.units.max()))
+            for m in pool.messages([(0, "unused", (0,))]) if m.kind == "units"]
     assert seen == [(False, (SLOT_BYTES // 3 + 1) * 3, 7), (True, 8 * 8 * 3, 9)]
 
 
 def test_without_shared_memory_everything_goes_through_the_pipe():
-    pool = DecodePool(1, FRAMES, SETTINGS, produce_fn=numbered_units, shared_memory=False)
+    pool = DecodePool(1, FRAMES, SETTINGS, decode_fn=numbered_units, shared_memory=False)
     assert pool.arenas == [] and pool.transport_note is None
-    units = [m[3] for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    units = [m.units for m in pool.messages([(0, "unused", (0,))]) if m.kind == "units"]
     # Kept after the loop and still intact: nothing was read in place and reused.
     assert [int(u[0, 0, 0, 0]) for u in units] == list(range(MANY))
 
@@ -132,7 +137,9 @@ def test_a_full_dev_shm_at_start_means_pipes_and_a_note_not_a_crash(monkeypatch)
 
     def tracking(*args, **kwargs):
         segment = real(*args, **kwargs)
-        created.append(segment.name.lstrip("/"))
+        name = segment.name.lstrip("/")
+        assert name in _shm_files()  # so the check that it is gone can see it
+        created.append(name)
         return segment
 
     def full(fd, offset, size):
@@ -140,10 +147,10 @@ def test_a_full_dev_shm_at_start_means_pipes_and_a_note_not_a_crash(monkeypatch)
 
     monkeypatch.setattr(transport.shared_memory, "SharedMemory", tracking)
     monkeypatch.setattr(transport.os, "posix_fallocate", full)
-    pool = DecodePool(2, FRAMES, SETTINGS, produce_fn=numbered_units)
+    pool = DecodePool(2, FRAMES, SETTINGS, decode_fn=numbered_units)
     assert pool.arenas == [] and "No space left" in pool.transport_note
     assert created and not set(created) & _shm_files()  # the half-made arena is gone
-    units = [m[3] for m in pool.messages([(0, "unused", (0,))]) if m[0] == "units"]
+    units = [m.units for m in pool.messages([(0, "unused", (0,))]) if m.kind == "units"]
     assert [int(u[0, 0, 0, 0]) for u in units] == list(range(MANY))
 
 

@@ -6,7 +6,6 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hero_features.video import (DecodeSpec, VideoError, decode, filter_chain, output_dims,
@@ -86,7 +85,7 @@ def test_webm_stream_has_no_duration_so_none(tmp_path):
     assert info.duration is None and info.nb_frames is None
 
 
-# REFERENCE 1.3 / 4.6: which source frames the fps filter picks, 10 s at 25 fps.
+# The reference study's worked example (docs/fidelity.md 4): which source frames the fps filter picks, 10 s at 25 fps.
 @pytest.mark.parametrize("fps,expected", [
     ("0.5", [24, 74, 124, 174, 224]),
     (str(1 / 1.5), [18, 56, 93, 131, 168, 206, 243]),
@@ -118,12 +117,39 @@ def test_output_dims_truncate_long_side():
     assert output_dims(1280, 720, 288) == (512, 288)
 
 
+class _CountingContainer:
+    """A PyAV input container that counts the packets demuxed from it."""
+
+    def __init__(self, container):
+        self.container = container
+        self.packets = 0
+
+    def demux(self, *streams):
+        for packet in self.container.demux(*streams):
+            self.packets += bool(packet.size)  # the demuxer's final flush packet is empty
+            yield packet
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+
 def test_decoder_streams_instead_of_collecting(tmp_path):
+    """The first frame comes out while most of the file is still unread: a decoder that
+    collected the whole video (as the reference did) first would have read every packet."""
+    from hero_features.video import decode_container, open_video, probe_container
+
     path = write_video(tmp_path / "idx.mp4", 100, fps=25)
-    frames = decode(path, [DecodeSpec("30", 224, True)])
-    first = next(frames)  # available before the rest of the video is decoded
-    assert first.__class__ is tuple and first[1].dtype == np.uint8
-    frames.close()
+    with open_video(path) as container:
+        counting = _CountingContainer(container)
+        frames = decode_container(counting, [DecodeSpec("30", 224, True)],
+                                  probe_container(container))
+        branch, first = next(frames)
+        read_before_first = counting.packets
+        assert branch == 0 and first.shape == (224, 224, 3) and read_before_first > 0
+        rest = sum(1 for _ in frames)
+    assert counting.packets == 100  # every packet is counted by the end
+    assert read_before_first <= 20, f"{read_before_first} of 100 packets read before frame 1"
+    assert read_before_first + rest > 100  # 25 -> 30 fps
 
 
 @pytest.mark.parametrize("content", [None, b"", b"hello, not a video\n" * 50])
@@ -149,15 +175,21 @@ def test_a_playlist_cannot_make_ffmpeg_read_another_file(tmp_path):
         list(decode(concat, [DecodeSpec("30", 224, True)]))
 
 
-def test_branch_plan_scales_once_before_an_upsampling_fps():
-    from hero_features.video import _branch_plan
+def test_each_source_frame_is_scaled_once_per_output_size(tmp_path, monkeypatch):
+    """Branches of one size share the scaled frame (crop is a slice of it), and a frame the
+    30 fps branch repeats is not scaled again."""
+    import hero_features.video as video
 
+    calls = []
+    real = video._Scaler.__call__
+    monkeypatch.setattr(video._Scaler, "__call__",
+                        lambda self, frame: calls.append(frame.pts) or real(self, frame))
+    path = write_video(tmp_path / "v.mp4", 50, fps=25, width=320, height=240)
     specs = [DecodeSpec("30", 224, True), DecodeSpec("0.5", 224, False),
-             DecodeSpec("0.5", 288, True)]
-    # 25 fps source: the 30 fps branch keeps every frame, so the 224 branches share a scaler
-    assert _branch_plan(specs, Fraction(25)) == [(224, [0, 1]), (None, [2])]
-    # 60 fps source: every branch drops frames first, as the reference's graph does
-    assert _branch_plan(specs, Fraction(60)) == [(None, [0]), (None, [1]), (None, [2])]
+             DecodeSpec("2.0", 288, True)]
+    outputs = [branch for branch, _ in decode(path, specs)]
+    assert [outputs.count(i) for i in range(3)] == [60, 1, 4]
+    assert len(calls) == 50 + 4  # every frame once at 224, the 2 fps picks once at 288
 
 
 @needs_ffmpeg

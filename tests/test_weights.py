@@ -16,15 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-import hero_features.models.clip as clip_models
-import hero_features.models.resnet as resnet_model
-import hero_features.models.s3d as s3d_model
+import hero_features.models as registry
 import hero_features.weights as weights
 from hero_features.cli import main
 from hero_features.models import MODEL_IDS, get_spec
-from hero_features.models.base import Checkpoint
+from hero_features.models import Checkpoint
+from hero_features.state_dicts import is_bn_counter, load_state_dict_strict
 from hero_features.weights import (CheckpointMismatch, WeightsError, find_checkpoint,
-                                   is_bn_counter, load_state_dict_strict, resolve_checkpoint)
+                                   resolve_checkpoint)
 
 PAYLOAD = bytes(range(256)) * 4099  # ~1 MiB: more than one read block, not a multiple of it
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -222,15 +221,15 @@ def test_a_missing_file_on_the_server_is_reported(server, places):
 
 # --- the commands ---------------------------------------------------------------------------
 
-def _patch_checkpoint(monkeypatch, module, attr, **changes):
-    spec = getattr(module, attr)
-    monkeypatch.setattr(module, attr, dataclasses.replace(
+def _patch_checkpoint(monkeypatch, model, **changes):
+    spec = registry.REGISTRY[model]
+    monkeypatch.setitem(registry.REGISTRY, model, dataclasses.replace(
         spec, checkpoint=dataclasses.replace(spec.checkpoint, **changes)))
 
 
 def test_download_command(server, places, monkeypatch, capsys):
     server.files["/resnet152-394f9c45.pth"] = PAYLOAD
-    _patch_checkpoint(monkeypatch, resnet_model, "SPEC",
+    _patch_checkpoint(monkeypatch, "resnet",
                       url=f"{server.url}/resnet152-394f9c45.pth", sha256=SHA256[:8])
     target = places["weights_dir"] / "new"
     assert main(["download", "--model", "resnet", "--weights_dir", str(target)]) == 0
@@ -242,7 +241,7 @@ def test_download_command(server, places, monkeypatch, capsys):
 
 
 def test_download_command_failure_exits_1(server, places, monkeypatch, capsys):
-    _patch_checkpoint(monkeypatch, resnet_model, "SPEC", url=f"{server.url}/missing.pth")
+    _patch_checkpoint(monkeypatch, "resnet", url=f"{server.url}/missing.pth")
     assert main(["download", "--model", "resnet", "--weights_dir",
                  str(places["weights_dir"])]) == 1
     err = capsys.readouterr().err
@@ -253,11 +252,13 @@ def test_models_command_lists_every_model_and_its_checkpoint_state(places, monke
                                                                    capsys):
     folder = places["weights_dir"]
     (folder / "resnet152-394f9c45.pth").write_bytes(PAYLOAD)
-    _patch_checkpoint(monkeypatch, resnet_model, "SPEC", sha256=SHA256[:8])
+    _patch_checkpoint(monkeypatch, "resnet", sha256=SHA256[:8])
     (folder / "ViT-B-32.pt").write_bytes(b"not the published file")
     (folder / "s3d_howto100m.pth").write_bytes(b"no hash is published for this one")
-    assert main(["models", "--weights_dir", str(folder)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["models", "--weights_dir", str(folder)]) == 1  # ViT-B-32.pt fails its hash
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "HASH MISMATCH" in captured.err and str(folder / "ViT-B-32.pt") in captured.err
     rows = {line.split()[0]: line for line in lines[1:]}
     assert sorted(rows) == sorted(MODEL_IDS)
     for name in MODEL_IDS:
@@ -268,7 +269,7 @@ def test_models_command_lists_every_model_and_its_checkpoint_state(places, monke
     assert "HASH MISMATCH" in rows["clip-vit"]
     assert "present (no published hash)" in rows["mil-nce"]
     assert rows["slowfast"].endswith("missing") and rows["clip-rn50x4"].endswith("missing")
-    assert (clip_models.VIT_SPEC.dim, s3d_model.SPEC.dim) == (512, 1024)
+    assert (get_spec("clip-vit").dim, get_spec("mil-nce").dim) == (512, 1024)
 
 
 # == load_state_dict_strict ===================================================================
@@ -305,7 +306,7 @@ def test_strict_load_refuses_by_name(change, problem):
         load_state_dict_strict(model, state, what="toy checkpoint /w/ckpt.pth")
     assert str(error.value).startswith("toy checkpoint /w/ckpt.pth does not fit the model: ")
     assert problem in str(error.value)
-    # pipeline.load_models passes WeightsError on as is; the model loaders' callers catch
+    # device_runner.load_models passes WeightsError on as is; the model loaders' callers catch
     # ValueError
     assert isinstance(error.value, WeightsError) and isinstance(error.value, ValueError)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -356,10 +357,21 @@ def test_listing_is_capped():
     assert "extra.20" not in str(error.value)
 
 
-def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys):
+def test_a_download_waits_for_another_process_and_takes_its_file(server, places, capsys,
+                                                                monkeypatch):
     """Two runs starting together on one cache must not both append to one .part."""
     import fcntl
+    import types
 
+    blocking = threading.Event()
+
+    def flock(fd, operation):
+        if operation == fcntl.LOCK_EX:  # the blocking request, after LOCK_NB was refused
+            blocking.set()
+        return fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(weights, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
     ckpt = _ckpt(server)
     lock_path = places["weights_dir"] / "ckpt.pth.lock"
     result = {}
@@ -369,11 +381,12 @@ def test_a_download_waits_for_another_process_and_takes_its_file(server, places,
             target=lambda: result.setdefault("path", resolve_checkpoint(
                 ckpt, places["weights_dir"])))
         waiter.start()
-        waiter.join(timeout=1)
-        assert waiter.is_alive(), "did not wait for the lock"
+        # However slowly the thread gets there, it must end up asking to wait for the lock.
+        assert blocking.wait(timeout=60), "did not wait for the lock"
+        assert waiter.is_alive() and "path" not in result
         (places["weights_dir"] / "ckpt.pth").write_bytes(PAYLOAD)  # the other one finished
         fcntl.flock(other, fcntl.LOCK_UN)
-    waiter.join(timeout=10)
+    waiter.join(timeout=120)
     assert result["path"] == places["weights_dir"] / "ckpt.pth"
     assert server.requests == []  # nothing fetched a second time
     assert "waiting for another process downloading ckpt.pth" in capsys.readouterr().err

@@ -5,7 +5,7 @@ The scripts ``slowfast/extract_feature/{gather_video_paths,extract}.py``,
 reference's flags and defaults, so its README commands run unchanged; each is a few lines
 calling :func:`gather_main` or :func:`extract_main` here.
 
-Translation rules (REFERENCE.md 1.1, 2.1, 3.1, 4.1, 5.1):
+Translation rules (the reference's scripts, flag by flag):
 
 - gather: the reference's ``--video_path /video/``, ``--feature_path /output/<m>_features``,
   ``--csv_folder /output/csv`` and ``--corrupted_id_file``. Videos are found and listed as
@@ -14,7 +14,8 @@ Translation rules (REFERENCE.md 1.1, 2.1, 3.1, 4.1, 5.1):
   ``<csv_folder>/<m>_info.csv``. A video whose output is already complete is left out unless
   its id (file name without extension, or its path below ``--video_path`` without extension)
   is in the corrupted-id list; it is then listed once, not twice, and, as in the reference,
-  it is only redone by an extract run with ``--overwrite``.
+  it is only redone by an extract run with ``--overwrite``. Paths are written absolute; a
+  folder without videos exits 2; the feature folder is left for extract to create.
 - extract: ``hero-features extract --model M --csv F`` with the matching flags. Its
   ``--output_dir`` (where ``failed.jsonl`` goes) is the folder above the csv's folder when
   that folder is called ``csv`` (``/output/csv/x.csv`` -> ``/output``, the gather layout),
@@ -31,7 +32,7 @@ Translation rules (REFERENCE.md 1.1, 2.1, 3.1, 4.1, 5.1):
 - CLIP RN50x4 writes where the reference did: every ``clip-vit_features`` in a csv path
   becomes ``clip-rn50x4_features``. A row without that folder name is refused (the reference
   would have overwritten the ViT features with RN50x4 ones).
-- Behaviour differences that only fix reference bugs (REFERENCE.md section 8): clip's
+- Behaviour differences that only fix reference bugs (docs/fidelity.md section 5): clip's
   ``--overwrite`` works; ``--dataflow`` with ``--num_decoding_thread 0`` decodes in the main
   process instead of failing an assert; a ``--clip_len`` of ``1.5`` is accepted everywhere.
 """
@@ -65,7 +66,8 @@ def _prog(pipeline: str, script: str) -> str:
 # --- gather ---------------------------------------------------------------------------------
 
 def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
-    from .manifest import OutputCollisionError, Row, find_videos, is_complete, write_csv
+    from .manifest import (FolderScanError, OutputCollisionError, find_videos, is_complete,
+                           plan_outputs, write_csv)
     from .models import get_spec
 
     model = PIPELINES[pipeline][0]
@@ -81,29 +83,32 @@ def gather_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
                         help="JSON list of video ids to list again although their output exists")
     args = parser.parse_args(argv)
 
-    root, features = Path(args.video_path), Path(args.feature_path)
+    # Absolute paths, as the reference's csvs had (its defaults were): the extract step may run
+    # from another folder.
+    root = Path(os.path.abspath(args.video_path))
+    features = Path(os.path.abspath(args.feature_path))
     if not root.is_dir():
-        parser.error(f"--video_path {root} is not a folder")
+        parser.error(f"--video_path {args.video_path} is not a folder")
     corrupted = _corrupted_ids(parser, args.corrupted_id_file)
-    rows, owners, collisions = [], {}, []
-    for video in find_videos(root):
-        relative = Path(os.path.relpath(video, root))
-        output = features / relative.with_suffix(".npz")
-        relative = relative.with_suffix("")
-        key = os.path.normcase(str(output))
-        if key in owners:  # x.mp4 and x.webm in one folder
-            collisions.append((owners[key], video, output))
-            continue
-        owners[key] = video
-        if corrupted & {relative.name, relative.as_posix()} or not all(
-                is_complete(path, get_spec(m).dim) for m, path in _outputs(model, output)):
-            rows.append(Row(video, output))
-    if collisions:
-        parser.error(str(OutputCollisionError(collisions)))
-    features.mkdir(parents=True, exist_ok=True)
+    try:
+        videos = find_videos(root)
+        planned = plan_outputs(videos, root, features)
+    except (FolderScanError, OutputCollisionError) as exc:
+        parser.error(str(exc))
+    if not videos:
+        parser.error(f"no videos found under {args.video_path} (searched every sub-folder)")
+    rows = []
+    for row in planned:
+        relative = row.feature_path.relative_to(features).with_suffix("")
+        done = all(is_complete(path, get_spec(m).dim)
+                   for m, path in _outputs(model, row.feature_path))
+        if corrupted & {relative.name, relative.as_posix()} or not done:
+            rows.append(row)
+    # The feature folder is left to the extract step: the one clip csv serves ViT-B/32 and
+    # RN50x4, and a run for RN50x4 only must not leave an empty clip-vit_features/ behind.
     csv_file = Path(args.csv_folder) / f"{model}_info.csv"
     write_csv(rows, csv_file)
-    print(f"{len(rows)} of {len(owners)} videos listed in {csv_file}")
+    print(f"{len(rows)} of {len(planned)} videos listed in {csv_file}")
     return 0
 
 
@@ -122,10 +127,16 @@ def _corrupted_ids(parser: argparse.ArgumentParser, path: str) -> set[str]:
 
 def _outputs(model: str, output: Path) -> list[tuple[str, Path]]:
     # One clip csv serves both CLIP models, so a row is done only when both outputs are.
-    if model == "clip-vit" and VIT_FOLDER in str(output):
-        return [(model, output), ("clip-rn50x4", Path(str(output).replace(VIT_FOLDER,
-                                                                          RN50X4_FOLDER)))]
-    return [(model, output)]
+    rn50x4 = _rn50x4_path(output) if model == "clip-vit" else None
+    return [(model, output)] + ([("clip-rn50x4", rn50x4)] if rn50x4 is not None else [])
+
+
+def _rn50x4_path(vit_path: Path) -> Optional[Path]:
+    """Where the reference wrote RN50x4 features: the ViT path with its clip-vit_features
+    folder renamed (None when it has none)."""
+    from .manifest import sibling_feature_path
+
+    return sibling_feature_path(vit_path, "clip-rn50x4", among=("clip-vit",))
 
 
 # --- extract --------------------------------------------------------------------------------
@@ -211,16 +222,19 @@ def _checkpoint(path: Optional[str], model: str) -> Optional[str]:
     return path  # hero-features reports it as missing
 
 
-def _slowfast_checkpoint(opts: list[str]) -> tuple[Optional[str], list[str]]:
+def slowfast_opts(opts: Sequence[str]) -> tuple[Optional[str], list[tuple[str, str]]]:
+    """The SlowFast extractor's trailing `KEY VALUE` tail: (its TEST.CHECKPOINT_FILE_PATH or
+    None, the other pairs, which mean nothing here). ValueError for an odd tail."""
+    opts = list(opts)
     if len(opts) % 2:
-        return None, opts  # hero-features reports the odd tail
-    checkpoint, rest = None, []
+        raise ValueError(f"trailing options must be KEY VALUE pairs, got {' '.join(opts)}")
+    checkpoint, others = None, []
     for key, value in zip(opts[::2], opts[1::2]):
         if key == "TEST.CHECKPOINT_FILE_PATH":
             checkpoint = value
         else:
-            rest += [key, value]
-    return checkpoint, rest
+            others.append((key, value))
+    return checkpoint, others
 
 
 def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
@@ -231,7 +245,8 @@ def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
         rows = read_csv(csv_file)
     except (OSError, ManifestError):
         return csv_file  # hero-features reports why it cannot be read
-    outside = [str(r.feature_path) for r in rows if VIT_FOLDER not in str(r.feature_path)]
+    derived_paths = [_rn50x4_path(r.feature_path) for r in rows]
+    outside = [str(r.feature_path) for r, p in zip(rows, derived_paths) if p is None]
     if outside:
         print(f"clip/extract.py: error: --model_version RN50x4 writes to the "
               f"{RN50X4_FOLDER} folder next to {VIT_FOLDER}, but these feature paths are "
@@ -239,8 +254,7 @@ def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
               f"{' ...' if len(outside) > 5 else ''}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     derived = folder / csv_file.name
-    write_csv([Row(r.video_path, Path(str(r.feature_path).replace(VIT_FOLDER, RN50X4_FOLDER)))
-               for r in rows], derived)
+    write_csv([Row(r.video_path, p) for r, p in zip(rows, derived_paths)], derived)
     return derived
 
 
@@ -284,7 +298,11 @@ def extract_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
             argv_out.append("--dataflow")
     if pipeline == "slowfast":
         argv_out += ["--min_num_features", str(args.min_num_features)]
-        checkpoint, opts = _slowfast_checkpoint(list(args.opts))
+        try:
+            checkpoint, others = slowfast_opts(args.opts)
+            opts = [word for pair in others for word in pair]
+        except ValueError:
+            opts = list(args.opts)  # hero-features reports the odd tail
     if pipeline == "mil-nce":
         checkpoint = args.s3d_ckpt
     checkpoint = _checkpoint(checkpoint, model)

@@ -3,7 +3,7 @@
 Layout: ``OUT/<model>_features/<video path relative to the video root, extension -> .npz>``,
 and ``OUT/csv/<model>_info.csv`` with the header ``video_path,feature_path``.
 
-Differences from the reference's ``gather_video_paths.py`` (REFERENCE.md 1.1, bugs 24-25):
+Differences from the reference's ``gather_video_paths.py`` (its flat names, unquoted csv):
 
 - Sub-folders are mirrored instead of flattened, and any two videos that still share an
   output (``a/x.mp4`` and ``a/x.webm``) stop the gather with an error naming both, before
@@ -15,12 +15,18 @@ Differences from the reference's ``gather_video_paths.py`` (REFERENCE.md 1.1, bu
   a video extension but are not videos; hidden folders (``.git``, ``.Trash-1000``,
   ``.cache``) hold no corpus videos either.
 - Symlinks to files are collected; symlinks to directories are not followed (no loops, no
-  videos counted twice), like ``os.walk``. Anything else with a video name (a dangling
-  symlink, a FIFO) is listed as well, so extraction logs it as failed rather than skipping it. An unreadable directory raises instead of being
-  skipped silently, so a gather never quietly drops part of a corpus.
+  videos counted twice), like ``os.walk``, but they are reported (``skipped``), so the
+  command line can list them instead of dropping their videos unsaid. Anything else with a
+  video name (a dangling symlink, a link loop, a FIFO) is listed as well, so extraction logs
+  it as failed rather than skipping it. A folder that cannot be listed raises
+  ``FolderScanError`` instead of being skipped silently, so a gather never quietly drops
+  part of a corpus.
 - The csv is quoted with the ``csv`` module and written atomically.
 - An output counts as done only when it holds a complete float16 ``(N, dim)`` array, not
   merely when the file exists.
+
+Long on purpose: finding videos, planning their outputs, reading and writing the csv and
+telling a finished output are one contract (the layout of OUT and its csv), kept in one place.
 """
 
 from __future__ import annotations
@@ -28,17 +34,20 @@ from __future__ import annotations
 import csv
 import math
 import os
-import secrets
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from .atomic import atomic_file
+from .outputs import record_differences, record_from_comment
 
 __all__ = [
     "CSV_HEADER",
     "VIDEO_EXTENSIONS",
+    "FolderScanError",
     "ManifestError",
     "OutputCollisionError",
     "Row",
@@ -47,8 +56,11 @@ __all__ = [
     "find_videos",
     "gather",
     "is_complete",
+    "output_status",
+    "plan_outputs",
     "plan_rows",
     "read_csv",
+    "sibling_feature_path",
     "write_csv",
 ]
 
@@ -71,6 +83,10 @@ _FEATURES_MEMBER = "features.npy"
 
 class ManifestError(ValueError):
     """A csv manifest that cannot be read as ``video_path,feature_path`` rows."""
+
+
+class FolderScanError(ValueError):
+    """A folder under the video root that cannot be listed (permissions, I/O error)."""
 
 
 class OutputCollisionError(ValueError):
@@ -98,6 +114,7 @@ def _describe_collisions(collisions: Sequence[tuple[Path, Path, Path]], shown: i
 class Row:
     video_path: Path
     feature_path: Path
+    line: int = field(default=0, compare=False)  # where read_csv found it (0: not read)
 
 
 # --- finding videos -------------------------------------------------------------------------
@@ -106,27 +123,47 @@ def _is_video_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
-def find_videos(root: Path) -> list[Path]:
-    """Every video file under ``root``, recursively, sorted; see the module doc for the rules."""
+def find_videos(root: Path, skipped: Optional[list] = None) -> list[Path]:
+    """Every video file under ``root``, recursively, sorted; see the module doc for the rules.
+
+    Symlinks to folders are not followed; when ``skipped`` is a list, they are appended to
+    it (sorted). Raises FolderScanError for a folder that cannot be listed.
+    """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"video root is not a directory: '{root}'")
     videos: list[Path] = []
+    links: list[Path] = []
     pending = [root]
     while pending:
         directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                elif _is_video_name(entry.name) and not entry.is_dir():
-                    # Dangling symlinks, FIFOs and devices with a video name are listed too:
-                    # the decoder refuses them at once with the reason, so they end up in
-                    # failed.jsonl instead of vanishing from the corpus unnoticed.
-                    videos.append(Path(entry.path))
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif _points_to_folder(entry):
+                        links.append(Path(entry.path))
+                    elif _is_video_name(entry.name):
+                        # Dangling symlinks, link loops, FIFOs and devices with a video name
+                        # are listed too: the decoder refuses them at once with the reason,
+                        # so they end up in failed.jsonl instead of vanishing unnoticed.
+                        videos.append(Path(entry.path))
+        except OSError as exc:
+            raise FolderScanError(f"cannot list the folder {directory}: "
+                                  f"{exc.strerror or exc}") from None
+    if skipped is not None:
+        skipped.extend(sorted(links))
     return sorted(videos)
+
+
+def _points_to_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop (ELOOP) or an unreadable target: not a folder we can enter
+        return False
 
 
 # --- planning outputs -----------------------------------------------------------------------
@@ -162,12 +199,21 @@ def plan_rows(
     videos: Iterable[Path], video_root: Path, output_dir: Path, model: str
 ) -> list[Row]:
     """One row per video, in the given order; raises if two videos share an output."""
+    _check_model_id(model)
+    return plan_outputs(videos, video_root, Path(output_dir) / f"{model}_features")
+
+
+def plan_outputs(videos: Iterable[Path], video_root: Path, feature_dir: Path) -> list[Row]:
+    """One row per video, its output the video's place under the root mirrored under
+    `feature_dir` (extension -> .npz), in the given order; raises OutputCollisionError
+    naming every pair of videos that would share an output."""
     rows: list[Row] = []
     owner_of: dict[str, Path] = {}
     collisions: list[tuple[Path, Path, Path]] = []
     for video in videos:
         video = Path(video)
-        output = feature_path(video, video_root, output_dir, model)
+        relative = _relative_to_root(video, Path(video_root))
+        output = Path(feature_dir) / relative.with_suffix(".npz")
         # normcase: on a case-insensitive file system X.npz and x.npz are one file.
         key = os.path.normcase(str(output))
         owner = owner_of.get(key)
@@ -179,6 +225,19 @@ def plan_rows(
     if collisions:
         raise OutputCollisionError(collisions)
     return rows
+
+
+def sibling_feature_path(path: Path, model: str, among: Iterable[str]) -> Optional[Path]:
+    """`path` with its last `<m>_features` folder (m one of `among`) swapped for
+    `<model>_features`, the rule by which the reference derived its RN50x4 paths from ViT
+    ones; None when the path has no such folder."""
+    folders = {f"{m}_features" for m in among}
+    parts = list(Path(path).parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in folders:
+            parts[i] = f"{model}_features"
+            return Path(*parts)
+    return None
 
 
 # --- csv files ------------------------------------------------------------------------------
@@ -194,17 +253,9 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         (_csv_field(row.video_path), _csv_field(row.feature_path)) for row in rows
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _create_temporary_sibling(path)
-    try:
-        # surrogateescape: file names that are not valid UTF-8 keep their exact bytes.
-        with open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-            _write_lines(out, lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # surrogateescape: file names that are not valid UTF-8 keep their exact bytes.
+    with atomic_file(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+        _write_lines(out, lines)
 
 
 def _write_lines(out, lines: list[tuple[str, str]]) -> None:
@@ -229,41 +280,65 @@ def _csv_field(path: Path) -> str:
     return text
 
 
-def _create_temporary_sibling(path: Path) -> Path:
-    # Same directory, so os.replace is a rename on one file system. Created with os.open (not
-    # mkstemp) so the final file gets the usual umask permissions rather than 0600.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    return temporary
-
-
 def read_csv(path: Path) -> list[Row]:
     """Read our manifests and the reference's (unquoted, or with ``", "`` as in its README).
 
     Whitespace around every field is stripped, which is what makes the README's ``", "`` style
     work; a path that really begins or ends with whitespace cannot be listed (write_csv writes
     ``./ name`` for the one case that occurs). Blank lines are skipped, a UTF-8 BOM is ignored,
-    and the first non-blank row must be the header ``video_path,feature_path``.
+    and the first non-blank row must be the header ``video_path,feature_path``. Rows carry the
+    line they start on.
     """
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as source:
-        records = csv.reader(source, skipinitialspace=True)
+        tap = _LineTap(source)
+        records = csv.reader(tap, skipinitialspace=True)
         rows: list[Row] = []
         header_seen = False
+        start = 1  # the line the record being read begins on
         try:
             for record in records:
+                line, start = start, records.line_num + 1
+                if records.line_num > line and tap.take().count('"') % 2:
+                    # A quote left open takes every later line into one field, which the
+                    # reader does not call an error; an odd number of quotes in a record that
+                    # spans lines is that (a closed quoted field holds an even number).
+                    raise ManifestError(f"{path}, line {line}: a quote opened on this line "
+                                        f"is never closed (its field runs to the end of the "
+                                        f"file)")
+                tap.take()
                 fields = [field.strip() for field in record]
                 if not any(fields):
                     continue
                 if not header_seen:
-                    _check_header(fields, path, records.line_num)
+                    _check_header(fields, path, line)
                     header_seen = True
                     continue
-                rows.append(_row_from_fields(fields, path, records.line_num))
+                rows.append(_row_from_fields(fields, path, line))
         except csv.Error as error:
-            raise ManifestError(f"{path}, line {records.line_num}: {error}") from None
+            raise ManifestError(f"{path}, line {start}: {error}") from None
     if not header_seen:
         raise ManifestError(f"{path}: empty manifest, expected the header {','.join(CSV_HEADER)}")
     return rows
+
+
+class _LineTap:
+    """The lines a csv reader takes, kept until taken back, to look at a record's raw text."""
+
+    def __init__(self, lines):
+        self.lines = iter(lines)
+        self.taken: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.taken.append(line)
+        return line
+
+    def take(self) -> str:
+        text, self.taken = "".join(self.taken), []
+        return text
 
 
 def _check_header(fields: list[str], path: Path, line: int) -> None:
@@ -282,24 +357,53 @@ def _row_from_fields(fields: list[str], path: Path, line: int) -> Row:
         )
     if not all(fields):
         raise ManifestError(f"{path}, line {line}: empty path")
-    return Row(Path(fields[0]), Path(fields[1]))
+    if fields[1].endswith(("/", os.sep)):
+        # np.savez would have written a hidden "<folder>/.npz"; a folder is never meant.
+        raise ManifestError(f"{path}, line {line}: the feature path {fields[1]} ends with "
+                            f"'/': name the .npz file, not a folder")
+    return Row(Path(fields[0]), Path(fields[1]), line)
 
 
 # --- finished outputs -----------------------------------------------------------------------
 
-def is_complete(path: Path, dim: int) -> bool:
+# output_status results
+MISSING = "missing"  # no finished output (absent, partial, another width, not ours)
+DONE = "done"  # finished, and its record says this run's settings made it
+UNRECORDED = "unrecorded"  # finished, no record (the reference, or a version before records)
+OTHER_SETTINGS = "other settings"  # finished, but its record names other settings
+
+
+def is_complete(path: Path, dim: int, record: Optional[Mapping] = None) -> bool:
     """True when ``path`` is a finished output: a whole ``.npz``, float16 ``features (N, dim)``.
 
-    Only the zip directory and the array header are read, never the data, so checking a
-    million outputs stays cheap. Any error (missing, not a zip, cut short, unreadable) is False.
+    With ``record`` (this run's, see outputs.make_record), an output whose record names
+    other settings (another clip_len, checkpoint, precision...) is not finished; one without
+    a record (written by the reference or an older version) still is. Only the zip
+    directory and the array header are read, never the data, so checking a million outputs
+    stays cheap. Any error (missing, not a zip, cut short, unreadable) is False.
     """
+    return output_status(path, dim, record)[0] in (DONE, UNRECORDED)
+
+
+def output_status(path: Path, dim: int, record: Optional[Mapping] = None) -> tuple[str, list]:
+    """(MISSING | DONE | UNRECORDED | OTHER_SETTINGS, the differing settings) for ``path``
+    against this run's ``record`` (None: any finished output is DONE)."""
     try:
-        return _holds_complete_features(Path(path), dim)
+        found = _complete_features_record(Path(path), dim)
     except Exception:
-        return False
+        return MISSING, []
+    if found is False:
+        return MISSING, []
+    if record is None:
+        return DONE, []
+    if found is None:
+        return UNRECORDED, []
+    differences = record_differences(found, record)
+    return (OTHER_SETTINGS, differences) if differences else (DONE, [])
 
 
-def _holds_complete_features(path: Path, dim: int) -> bool:
+def _complete_features_record(path: Path, dim: int):
+    """False when not a finished output, else its record (None when it has none)."""
     # Outputs are written as temporaries and renamed into place, so anything not named .npz
     # (x.npz.tmp) is an unfinished write even if its bytes look whole.
     if path.suffix != ".npz":
@@ -310,13 +414,37 @@ def _holds_complete_features(path: Path, dim: int) -> bool:
         member = archive.getinfo(_FEATURES_MEMBER)
         with archive.open(member) as array_file:
             shape, dtype, data_offset = _read_npy_header(array_file)
-        return (
+        whole = (
             _is_float16(dtype)
             and len(shape) == 2
             and shape[1] == dim
             # The header's shape must account for exactly the bytes stored after it.
             and member.file_size == data_offset + math.prod(shape) * dtype.itemsize
         )
+        return record_from_comment(archive.comment) if whole else False
+
+
+def is_features_file(path: Path) -> bool:
+    """True when ``path`` is a file np.savez(path, features=...) could have written, so one
+    an extraction may replace: a zip holding only ``features.npy``, or one cut short (a
+    crashed or interrupted copy) that begins with that member. Anything else at an output
+    path (a video, a config file, an npz of other arrays) is not ours to overwrite."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist() == [_FEATURES_MEMBER]
+    except zipfile.BadZipFile:
+        pass
+    except Exception:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(30 + len(_FEATURES_MEMBER))
+    except OSError:
+        return False
+    # A local file header (APPNOTE 4.3.7): signature, ..., name length at 26, name at 30.
+    return (head[:4] == b"PK\x03\x04"
+            and int.from_bytes(head[26:28], "little") == len(_FEATURES_MEMBER)
+            and head[30:] == _FEATURES_MEMBER.encode())
 
 
 _NPY_HEADER_READERS = {
@@ -341,19 +469,22 @@ def _is_float16(dtype: np.dtype) -> bool:
 # --- the gather step ------------------------------------------------------------------------
 
 def gather(
-    video_root: Path, output_dir: Path, models: Sequence[str], dims: Mapping[str, int]
+    video_root: Path, output_dir: Path, models: Sequence[str], dims: Mapping[str, int],
+    videos: Optional[Sequence[Path]] = None,
+    skipped: Optional[list] = None,
 ) -> dict[str, Path]:
     """Write ``OUT/csv/<model>_info.csv`` per model, listing the videos still to extract.
 
     Every model is planned before any csv is written, so a collision or an unknown model
-    leaves the output folder untouched.
+    leaves the output folder untouched. ``videos``: the result of ``find_videos(video_root)``
+    when the caller already has it (a large tree is walked once). ``skipped`` gets the folder links not followed.
     """
     video_root, output_dir = Path(video_root), Path(output_dir)
     models = list(dict.fromkeys(models))
     missing_dims = [model for model in models if model not in dims]
     if missing_dims:
         raise KeyError(f"no feature dimension given for model(s): {', '.join(missing_dims)}")
-    videos = find_videos(video_root)
+    videos = find_videos(video_root, skipped) if videos is None else list(videos)
     plans = {model: plan_rows(videos, video_root, output_dir, model) for model in models}
     written: dict[str, Path] = {}
     for model, rows in plans.items():

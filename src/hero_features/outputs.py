@@ -1,66 +1,116 @@
-"""Atomic feature files, the failure log, and the run summary."""
+"""Atomic feature files and the record of what made them, the failure log, the run summary."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 
+from .atomic import atomic_file
+
 FAILURE_LOG = "failed.jsonl"
 
+# The record of what made an output is the zip archive's comment: np.load, HERO's loaders
+# and compare.py read only the `features` member and never see it, it is renamed into place
+# together with the features (it can never describe another file's settings), and
+# manifest.is_complete reads it with the zip directory it opens anyway. See
+# docs/reliability.md ("What made an output").
+RECORD_MAGIC = b"hero-features record 1\n"
+# Fields that say which features a file holds; a record that differs in one of them was made
+# with other settings. The package version is kept for provenance only.
+RECORD_SETTINGS = ("model", "clip_len", "checkpoint_sha256", "precision", "target_fps",
+                   "min_num_features")
+# Zip entries carry a modification time; a fixed one (the zip epoch) makes two runs with the
+# same settings write byte-identical files. The file's own mtime still says when.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_ZIP_EPOCH_DOS = bytes([0, 0, 0x21, 0])  # DOS time 00:00:00, date 1980-01-01, little-endian
 
-def write_features(path: Path, features: np.ndarray) -> None:
-    """np.savez(path, features=...) written to a temporary name in the same folder, flushed
-    to disk and renamed, so a crash never leaves a partial .npz under the final name.
 
-    A run killed mid-write leaves only a hidden `.<name>.<random>.tmp`, which nothing counts
-    as an output (manifest.is_complete wants the final `.npz` name).
-    """
+def make_record(model: str, clip_len, checkpoint_sha256: str, precision: str, *,
+                clip_model: bool, target_fps: int = 30, min_num_features: int = 1) -> dict:
+    """What made an output: every setting that changes its features, and the version."""
+    from . import __version__
+
+    record = {"model": model, "clip_len": str(clip_len),
+              "checkpoint_sha256": checkpoint_sha256, "precision": precision,
+              "hero_features": __version__}
+    if clip_model:  # the frame models (resnet, clip) never look at these
+        record.update(target_fps=int(target_fps), min_num_features=int(min_num_features))
+    return record
+
+
+def record_differences(found: Mapping, expected: Mapping) -> list[str]:
+    """The settings in which an output's record differs from this run's, e.g.
+    ['clip_len 2 (now 3/2)']; [] when it was made with the same settings."""
+    return [f"{key} {found.get(key, 'unset')} (now {expected.get(key, 'unset')})"
+            for key in RECORD_SETTINGS if found.get(key) != expected.get(key)]
+
+
+def _record_bytes(record: Optional[Mapping]) -> bytes:
+    if record is None:
+        return b""
+    return RECORD_MAGIC + json.dumps(dict(record), sort_keys=True,
+                                     separators=(",", ":")).encode("ascii")
+
+
+def record_from_comment(comment: bytes) -> Optional[dict]:
+    if not comment.startswith(RECORD_MAGIC):
+        return None
+    try:
+        record = json.loads(comment[len(RECORD_MAGIC):].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_record(path: Path) -> Optional[dict]:
+    """The record of what made the output at `path` (model, clip_len, checkpoint_sha256,
+    precision, hero_features version, and target_fps / min_num_features for the clip
+    models), or None: no record (written by the reference or a version before records),
+    not a zip, or unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return record_from_comment(archive.comment)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def _seal(f, record: Optional[Mapping]) -> None:
+    """Give the npz np.savez just wrote into `f` fixed entry times and the record."""
+    f.seek(0)
+    with zipfile.ZipFile(f, "a") as archive:
+        for info in archive.infolist():
+            info.date_time = _ZIP_EPOCH  # the central directory's copy, rewritten on close
+            f.seek(info.header_offset + 10)  # the local header's copy (APPNOTE 4.3.7)
+            f.write(_ZIP_EPOCH_DOS)
+        archive.comment = _record_bytes(record)  # marks the archive modified: rewritten
+
+
+def write_features(path: Path, features: np.ndarray, record: Optional[Mapping] = None) -> None:
+    """np.savez(path, features=...) written atomically (atomic.atomic_file) and sealed with
+    `record` (see read_record): a crash never leaves a partial .npz under the final name
+    (manifest.is_complete wants the final `.npz` name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # Not mkstemp: its 0600 would make every output unreadable to the rest of a group that
-    # shares the features; 0666 less the umask is what a plain np.savez gives.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, features=np.ascontiguousarray(features))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself reaches the disk only with its directory: without this, a power cut
-    # can lose an output the run already counted (never leave a partial one, though).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the data itself is on disk
-    finally:
-        os.close(fd)
+    with atomic_file(path, "w+b") as f:
+        np.savez(f, features=np.ascontiguousarray(features))
+        _seal(f, record)
 
 
 def ensure_writable_dir(folder: Path) -> None:
     """Create `folder` and prove a file can be written there, or raise OSError saying why:
     run before the models load, so a bad --output_dir costs seconds, not a failed run."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     probe = folder / f".hero-features-write-test.{os.getpid()}.{secrets.token_hex(4)}"
     with open(probe, "wb") as f:
@@ -78,16 +128,12 @@ class FailureLog:
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / FAILURE_LOG
         self._lock = threading.Lock()
-        self.count = 0
-        self.warnings = 0
 
     def record(self, video_path, model: str, stage: str, error: str) -> None:
         self._append(video_path, model, stage, error, "error")
-        self.count += 1
 
     def warn(self, video_path, model: str, stage: str, message: str) -> None:
         self._append(video_path, model, stage, message, "warning")
-        self.warnings += 1
 
     def _append(self, video_path, model: str, stage: str, message: str, severity: str) -> None:
         entry = {"video_path": str(video_path), "model": model, "stage": stage,
@@ -120,11 +166,13 @@ class Summary:
     rows: dict = field(default_factory=dict)  # model -> feature rows written
     model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
     started: float = field(default_factory=time.monotonic)
+    shard: str = ""  # "K/N" with --shard: named in the summary, so job-array logs say which
     allocator: str = ""  # the malloc the run's process uses (allocator.describe)
 
     def lines(self) -> list[str]:
         wall = max(time.monotonic() - self.started, 1e-9)
-        out = [f"videos: {self.done} done, {self.skipped} skipped (already complete), "
+        which = f" (shard {self.shard})" if self.shard else ""
+        out = [f"videos{which}: {self.done} done, {self.skipped} skipped (already complete), "
                f"{self.failed} failed, of {self.videos}",
                f"video time: {self.video_seconds / 3600:.3f} h in {wall:.1f} s "
                f"({self.video_seconds / wall:.1f} video-s/s)"]

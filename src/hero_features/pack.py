@@ -43,12 +43,17 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-__all__ = ["FEATURE_DIMS", "PackError", "PackReport", "Problem", "db_name", "pack",
+from .atomic import atomic_file, fitted_name
+from .errors import HeroFeaturesError, UsageError
+from .models import feature_dims
+from .sampling import parse_clip_len
+
+__all__ = ["PACKED_MODELS", "PackError", "PackReport", "Problem", "db_name", "pack",
            "rows_per_clip", "run_from_args"]
 
 FEAT_VERSION = "resnet_slowfast"
 # Order matters: HERO concatenates (resnet_features, slowfast_features).
-FEATURE_DIMS = {"resnet": 2048, "slowfast": 2304}
+PACKED_MODELS = ("resnet", "slowfast")
 DEFAULT_CLIP_LEN = Fraction(3, 2)
 
 # One transaction per video keeps a MapFullError retry to that video alone; without per-commit
@@ -56,8 +61,9 @@ DEFAULT_CLIP_LEN = Fraction(3, 2)
 _MIN_MAP_SIZE = 64 << 20
 
 
-class PackError(ValueError):
-    """The pack cannot start or finish (no feature folders, bad clip interval, disk error)."""
+class PackError(HeroFeaturesError, ValueError):
+    """The pack cannot start or finish (no feature folders, bad clip interval, disk error):
+    exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,9 @@ class PackReport:
 
 def _clip_len(value: Union[str, float, int, Fraction]) -> Fraction:
     try:
-        frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
-    except (ValueError, TypeError, ZeroDivisionError):
-        raise PackError(f"clip_len must be a number of seconds such as 1.5, 2 or 3/2, "
-                        f"got {value!r}") from None
-    if frac <= 0:
-        raise PackError(f"clip_len must be positive, got {value!r}")
-    return frac
+        return parse_clip_len(value)
+    except ValueError as exc:
+        raise PackError(str(exc)) from None
 
 
 def db_name(clip_len: Union[str, float, Fraction] = DEFAULT_CLIP_LEN,
@@ -212,15 +214,13 @@ class _Writer:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # ASCII escapes: HERO opens these with the locale's encoding, ASCII in a bare container.
-    with open(tmp, "w", encoding="ascii") as f:
+    with atomic_file(path, "w", encoding="ascii") as f:
         json.dump(data, f, ensure_ascii=True, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _swap_in(new: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(fitted_name(".", final.name, f".old-{os.getpid()}"))
     if final.exists():
         os.replace(final, old)
     os.replace(new, final)
@@ -245,7 +245,8 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
     output_dir, db_dir = Path(output_dir), Path(db_dir)
     clip_rows = None if clip_interval in (None, -1) else rows_per_clip(clip_interval, clip_len)
     name = db_name(clip_len, compress)
-    folders = {model: output_dir / f"{model}_features" for model in FEATURE_DIMS}
+    dims = feature_dims(PACKED_MODELS)
+    folders = {model: output_dir / f"{model}_features" for model in PACKED_MODELS}
     if not any(folder.is_dir() for folder in folders.values()):
         raise PackError(f"neither {folders['slowfast']} nor {folders['resnet']} exists")
     files = {model: _feature_files(folder) for model, folder in folders.items()}
@@ -253,7 +254,7 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
 
     db_dir.mkdir(parents=True, exist_ok=True)
     report = PackReport(db_path=db_dir / name, frame_len_path=db_dir / "id2frame_len.json")
-    tmp_db = db_dir / f".{name}.tmp-{os.getpid()}"
+    tmp_db = db_dir / fitted_name(".", name, f".tmp-{os.getpid()}")
     if tmp_db.exists():
         shutil.rmtree(tmp_db)
     # float16 inputs become float32 values: twice the bytes on disk, plus msgpack framing.
@@ -270,14 +271,14 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
 
     try:
         for video_id in video_ids:
-            absent = [m for m in FEATURE_DIMS if video_id not in files[m]]
+            absent = [m for m in PACKED_MODELS if video_id not in files[m]]
             if absent:
-                have = next(m for m in FEATURE_DIMS if m not in absent)
+                have = next(m for m in PACKED_MODELS if m not in absent)
                 problem(report.missing, video_id,
                         f"only {files[have][video_id]}; no {absent[0]}_features file")
                 continue
             loaded, errors = {}, []
-            for model, dim in FEATURE_DIMS.items():
+            for model, dim in dims.items():
                 try:
                     loaded[model] = _load(files[model][video_id], dim)
                 except ValueError as exc:
@@ -325,17 +326,32 @@ def pack(output_dir: Path, db_dir: Path, clip_interval: Optional[int] = None, *,
     return report
 
 
+EXTRA_MODULES = ("lmdb", "msgpack", "msgpack_numpy")  # what the `pack` extra installs
+
+
+def missing_extras() -> list[str]:
+    """The modules of the `pack` extra that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
 def run_from_args(args) -> int:
-    """``hero-features pack``: 0 all packed, 1 some videos left out, 2 could not run."""
+    """``hero-features pack``: 0 all packed, 1 some videos left out; PackError (exit 2) when it
+    could not run."""
+    missing = missing_extras()
+    if missing:  # before anything is created: no empty video_db/ left behind
+        raise UsageError(f"pack needs {', '.join(missing)}, which the 'pack' extra installs: "
+                         f"pip install 'hero-features[pack]' (from a checkout: pip install "
+                         f"'.[pack]')")
     db_dir = args.db_dir if args.db_dir is not None else Path(args.output_dir) / "video_db"
     try:
         report = pack(args.output_dir, db_dir, args.clip_interval,
                       clip_len=getattr(args, "clip_len", DEFAULT_CLIP_LEN),
                       compress=getattr(args, "compress", False),
                       half=getattr(args, "fp16", False))
-    except (PackError, OSError) as exc:
-        print(f"hero-features: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise PackError(str(exc)) from None
     for line in report.lines():
         print(line)
     return 0 if report.ok else 1

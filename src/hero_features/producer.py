@@ -1,17 +1,18 @@
 """Turn one video into model inputs (frames or 32-frame clips) for every requested model.
 
 Runs in decode worker processes, so it imports no torch. Models that need the same input
-(same frame rate, size, crop and unit, e.g. slowfast + mil-nce) form one *group* and receive
-one array; groups with the same frame rate and size share one branch of the decode graph.
+(same frame rate, size, crop and unit, e.g. slowfast + mil-nce) form one input group
+(config.InputGroup) and receive one array; groups with the same frame rate and size share
+one branch of the decode graph. What it yields is listed in messages.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .config import DecodeSettings, InputGroup
+from .messages import End, Failed, Info, Units, Warned
 from .sampling import ClipSampler
 from .video import (DecodeSpec, VideoError, VideoInfo, assess, decode_container, open_video,
                     probe_container)
@@ -19,45 +20,19 @@ from .video import (DecodeSpec, VideoError, VideoInfo, assess, decode_container,
 FRAME_CHUNK = 16  # frames per message for frame models: small enough to stream, big enough to amortise
 
 
-@dataclass(frozen=True)
-class Group:
-    """Models fed the same input; everything the decoder needs to know about them."""
-
-    models: tuple[str, ...]
-    unit: str  # "frame" | "clip"
-    size: int
-    crop: bool
-
-
-@dataclass(frozen=True)
-class Settings:
-    clip_len: Fraction
-    target_fps: int = 30
-    min_num_features: int = 1
-    threads: int = 0  # FFmpeg decoder threads per video (0 = FFmpeg's choice)
-
-
-# Messages sent back to the main process, in order per video:
-#   ("info", video_id, VideoInfo)
-#   ("units", video_id, group_index, uint8 array (n, ...))
-#   ("warning", video_id, stage, message)  features follow, but from a damaged stream
-#   ("end", video_id, seconds of video decoded)
-#   ("error", video_id, stage, message)  instead of "end": the video failed; drop its units
-
-
-def frame_rate(unit: str, settings: Settings, info: VideoInfo) -> str:
+def frame_rate(unit: str, settings: DecodeSettings, info: VideoInfo) -> str:
     """The fps expression the reference passed to FFmpeg, as the same text."""
     if unit == "clip":
         return str(settings.target_fps)
     clip_len = float(settings.clip_len)
     rate = 1 / clip_len
-    # The resnet/clip short-video rule (REFERENCE 4.2): only when the duration is known.
+    # The resnet/clip short-video rule (docs/fidelity.md 3.4): only when the duration is known.
     if info.duration is not None and 0 < info.duration < clip_len + 0.1:
         rate = 2 / max(int(info.duration), 1)
     return str(rate)
 
 
-def plan_branches(groups: Sequence[Group], settings: Settings, info: VideoInfo):
+def plan_branches(groups: Sequence[InputGroup], settings: DecodeSettings, info: VideoInfo):
     """Decode specs (one per distinct fps and size) and, per group, (branch, needs numpy crop)."""
     specs: list[DecodeSpec] = []
     routes = []
@@ -82,12 +57,14 @@ def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[y:y + size, x:x + size]
 
 
-def produce(video_id: int, path: str, groups: Sequence[Group], settings: Settings,
-            active: Optional[Sequence[int]] = None) -> Iterator[tuple]:
-    """Yield the messages for one video; never raises for a bad video (it yields "error").
+def decode_video_units(video_id: int, path: str, groups: Sequence[InputGroup],
+                       settings: DecodeSettings, active: Optional[Sequence[int]] = None,
+                       on_frame: Optional[Callable[[], None]] = None) -> Iterator[tuple]:
+    """Yield the messages for one video; never raises for a bad video (it yields Failed).
 
     `active`: indices of the groups this video still needs (default all); group indices in
     the messages always refer to `groups`. The file is opened once, for probe and decode.
+    `on_frame()` is called for every decoded frame (the stall watch's heartbeat).
     """
     active = list(range(len(groups))) if active is None else list(active)
     stage = "open"
@@ -95,45 +72,44 @@ def produce(video_id: int, path: str, groups: Sequence[Group], settings: Setting
         with open_video(path) as container:
             stage = "probe"
             info = probe_container(container, path)
-            yield ("info", video_id, info)
+            yield Info(video_id, info)
             stage = "decode"
             frames, report = yield from _units(video_id, container, info, groups, active,
-                                               settings)
+                                               settings, on_frame)
             # For the progress rate only: WebM/MKV streams have no duration of their own.
             seconds = info.duration or (container.duration or 0) / 1e6
     except VideoError as exc:
-        yield ("error", video_id, exc.stage, str(exc))
+        yield Failed(video_id, exc.stage, str(exc))
         return
     except Exception as exc:  # an unexpected FFmpeg/PyAV failure is still a per-video failure
-        yield ("error", video_id, stage, f"{type(exc).__name__}: {exc}")
+        yield Failed(video_id, stage, f"{type(exc).__name__}: {exc}")
         return
-    # None only when something wraps decode_container without passing its report on.
-    verdict = assess(report) if report is not None else None
+    verdict = assess(report)
     if verdict is not None and verdict[0] == "failure":
-        yield ("error", video_id, "decode", verdict[1])
+        yield Failed(video_id, "decode", verdict[1])
         return
     if not frames:
-        yield ("error", video_id, "decode", _too_short(report, groups, active, settings, info))
+        yield Failed(video_id, "decode", _too_short(report, groups, active, settings, info))
         return
     if verdict is not None:
-        yield ("warning", video_id, "decode", verdict[1])
-    yield ("end", video_id, seconds)
+        yield Warned(video_id, "decode", verdict[1])
+    for note in report.fidelity_notes:
+        yield Warned(video_id, "fidelity", note)
+    yield End(video_id, seconds)
 
 
-def _too_short(report, groups: Sequence[Group], active: list[int], settings: Settings,
-               info: VideoInfo) -> str:
+def _too_short(report, groups: Sequence[InputGroup], active: list[int],
+               settings: DecodeSettings, info: VideoInfo) -> str:
     rates = sorted({frame_rate(groups[i].unit, settings, info) for i in active})
-    if report is None:
-        return "the decode graph produced no frames"
     span = f"{report.end:.3g} s" if report.end is not None else "an unknown time"
     return (f"too short: {report.frames} decoded frame(s) spanning {span} give no frame when "
             f"sampled at {' / '.join(f'{float(r):.3g}' for r in rates)} fps, as the "
             f"reference samples")
 
 
-def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
-           active: list[int], settings: Settings):
-    """Yield "units" messages; return (frames the decode graph produced, DecodeReport)."""
+def _units(video_id: int, container, info: VideoInfo, groups: Sequence[InputGroup],
+           active: list[int], settings: DecodeSettings, on_frame=None):
+    """Yield Units messages; return (frames the decode graph produced, DecodeReport)."""
     specs, routes = plan_branches([groups[i] for i in active], settings, info)
     samplers: list[Optional[ClipSampler]] = [
         ClipSampler(settings.clip_len, info.fps, info.duration, settings.target_fps,
@@ -141,7 +117,7 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
         for i in active]
     pending: list[list[np.ndarray]] = [[] for _ in active]
     frames_seen = [0] * len(specs)
-    decoding = decode_container(container, specs, info, settings.threads)
+    decoding = decode_container(container, specs, info, settings.threads, on_frame=on_frame)
     while True:
         try:
             branch, frame = next(decoding)
@@ -156,15 +132,15 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[Group],
             if samplers[gi] is None:
                 pending[gi].append(unit)
                 if len(pending[gi]) >= FRAME_CHUNK:
-                    yield ("units", video_id, active[gi], np.stack(pending[gi]))
+                    yield Units(video_id, active[gi], np.stack(pending[gi]))
                     pending[gi].clear()
             else:
                 for clip in samplers[gi].push(np.ascontiguousarray(unit)):
-                    yield ("units", video_id, active[gi], clip[None])
+                    yield Units(video_id, active[gi], clip[None])
     for gi, sampler in enumerate(samplers):
         if sampler is not None:
             for clip in sampler.finish():
-                yield ("units", video_id, active[gi], clip[None])
+                yield Units(video_id, active[gi], clip[None])
         elif pending[gi]:
-            yield ("units", video_id, active[gi], np.stack(pending[gi]))
+            yield Units(video_id, active[gi], np.stack(pending[gi]))
     return sum(frames_seen), report

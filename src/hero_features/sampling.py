@@ -1,4 +1,4 @@
-"""Clip maths of the SlowFast and MIL-NCE pipelines (REFERENCE.md 2.3, 3.2), streamed.
+"""Clip maths of the SlowFast and MIL-NCE pipelines (docs/fidelity.md 3.5), streamed.
 
 The reference decodes a whole video, pads it and reshapes it into clips. Here frames arrive
 one at a time (already re-timed to ``target_fps``) and each clip is emitted as soon as it is
@@ -69,7 +69,7 @@ def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
     # torch <= 1.5 on the CPU (the reference's environment): step and start + step * i,
     # each rounded to float32. Newer torch mirrors the upper half from `end`; the two give
     # the same indices for every src fps below 108 (checked for clips up to 400 frames),
-    # which covers the tables in REFERENCE.md 2.3.
+    # which covers every source rate the reference's tables list.
     start32, end32 = np.float32(start), np.float32(end)
     if steps == 1:
         return np.array([start32])

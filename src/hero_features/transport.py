@@ -14,16 +14,21 @@ little room (Docker's default is 64 MiB; launch_container.sh runs with --ipc=hos
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Optional
 
 import numpy as np
 
+from .messages import Units
 # 32 cropped 224x224 frames (one SlowFast/S3D clip) are 4.6 MiB and 16 uncropped 16:9 frames
 # at 224 lines 4.1 MiB; 8 MiB leaves room for wider frames and for CLIP RN50x4's 288.
 SLOT_BYTES = 8 << 20
 SLOTS = 4
+# Arenas are named after the main process, so a segment left in /dev/shm (only a SIGKILLed
+# run can leave one) says whose it was: /dev/shm/hero-features-<pid>-<random>.
+ARENA_PREFIX = "hero-features-"
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,9 @@ class Arena:
     hold it."""
 
     def __init__(self) -> None:
-        self.shm = shared_memory.SharedMemory(create=True, size=arena_bytes())
+        self.shm = shared_memory.SharedMemory(
+            name=f"{ARENA_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
+            size=arena_bytes())
         self.name = self.shm.name
         try:
             _reserve(self.name, arena_bytes())
@@ -108,9 +115,9 @@ class SlotWriter:
 
     def pack(self, message: tuple) -> tuple:
         """The message to send: units moved into a slot when they fit, else unchanged."""
-        if message[0] != "units" or message[3].nbytes > SLOT_BYTES:
+        if not isinstance(message, Units) or message.units.nbytes > SLOT_BYTES:
             return message
-        units = message[3]
+        units = message.units
         while self.credits.poll():
             self.free.append(self.credits.recv())
         if not self.free:
@@ -120,7 +127,7 @@ class SlotWriter:
                             offset=slot * SLOT_BYTES)
         target[...] = units
         del target  # no view may outlive the mapping
-        return message[:3] + (SlotRef(slot, units.shape, units.dtype.str),)
+        return message._replace(units=SlotRef(slot, units.shape, units.dtype.str))
 
     def close(self) -> None:
         try:

@@ -4,20 +4,43 @@ The reference ran `ffmpeg -i IN -filter_complex "[0]fps=fps=F[s0];[s0]scale=W:H[
 [;[s1]crop=S:S:X:Y[s2]]" -f rawvideo -pix_fmt rgb24 pipe:` and read the whole output into
 RAM. We build the same filter graph (one branch per distinct decode spec behind a `split`)
 and yield frames as the graph produces them, so memory does not grow with the video.
+
+Long on purpose: opening under the file guard, probing, decoding, picking, scaling and the
+damage report are one sequence over one container and share its state (the clock, the
+renderer, the report); split, each piece would need the others' internals.
 """
 from __future__ import annotations
 
 import errno
 import math
 import os
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Generator, Optional, Sequence
+from typing import Callable, Generator, NamedTuple, Optional, Sequence
 
 import av
 import av.error
 import av.filter
+from av.stream import Discard
 import numpy as np
+
+from .swsplan import DeviceGeometry, frame_geometry, pack_planes, quarter_turn
+from .timeline import FpsSelector, InputClock, OutputSync, parse_rate, stream_facts
+
+
+class DevicePathUnavailable(Exception):
+    """This video's frames cannot go to the device as YUV planes (a pixel format, colour
+    matrix or rotation the device path does not reproduce, or a graph the CLI rebuilt
+    mid-stream): the caller decodes it through the CPU graph instead. str() says why."""
+
+
+class DeviceFrame(NamedTuple):
+    """A picked frame for the device path: its YUV planes packed (swsplan.pack_planes) and
+    the geometry that turns them into the CPU path's pixels (devicescale.rgb_from_packed)."""
+
+    packed: np.ndarray
+    geometry: DeviceGeometry
 
 
 class VideoError(Exception):
@@ -29,21 +52,24 @@ class VideoError(Exception):
 
 
 # Demuxers that open further files or URLs named inside the input (playlists, concat lists,
-# image sequences, network session descriptions, DVD structures, scripts). A scraped "video"
-# must never make us read anything but itself. They are kept off FFmpeg's format whitelist,
-# so they are refused after probing and BEFORE they read their header: the concat demuxer
-# opens the first listed file while reading its header, through a context of its own that
-# does not use our io_open hook.
+# image sequences, network session descriptions, DVD structures, scripts) or beside it (a
+# VobSub index opens the .sub of the same name, MLV its .M00, .M01 ... chunks). A scraped
+# "video" must never make us read anything but itself. They are kept off FFmpeg's format
+# whitelist, so they are refused after probing and BEFORE they read their header: concat
+# and vobsub open their other file while reading the header, through a context of their own
+# that does not use our io_open hook (docs/reliability.md lists the audit).
 _DEMUXERS_THAT_OPEN_OTHER_FILES = frozenset({
     "hls", "applehttp", "concat", "dash", "webm_dash_manifest", "image2", "imf", "sdp", "rtp",
-    "rtsp", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "rtsp", "sap", "tee", "lavfi", "ffmetadata", "dvdvideo", "avisynth", "vapoursynth",
+    "vobsub", "mlv",
 })
 _FORMAT_WHITELIST = ",".join(sorted(name for name in av.formats_available
                                     if not set(name.split(",")) & _DEMUXERS_THAT_OPEN_OTHER_FILES))
 # What refused files usually are, to name them in the failure message.
 _SIGNATURES = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat version", "an ffconcat list"),
                (b"<?xml", "an XML manifest (DASH/IMF?)"), (b"<MPD", "a DASH manifest"),
-               (b"v=0", "an SDP session description"))
+               (b"v=0", "an SDP session description"),
+               (b"# VobSub index file", "a VobSub subtitle index"), (b"MLVI", "an MLV recording"))
 # A single picture (FFmpeg's *_pipe image demuxers) or text rendered as frames (tty) gives a
 # "video" of one still, which is never what a video corpus meant to hold.
 _NOT_VIDEO_DEMUXERS = frozenset({"image2pipe", "tty"})
@@ -65,7 +91,7 @@ _HEADER_DURATION_FORMATS = frozenset({"mov", "matroska", "avi", "asf"})
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the reference's ffprobe call gave (REFERENCE 1.2)."""
+    """What the reference's ffprobe call gave (docs/fidelity.md 3.1)."""
 
     width: int  # stream width/height as stored, rotation and SAR ignored
     height: int
@@ -88,7 +114,7 @@ class DecodeSpec:
 
 
 def output_dims(width: int, height: int, size: int) -> tuple[int, int]:
-    """(out_w, out_h): short side exactly `size`, long side truncated (REFERENCE 1.3)."""
+    """(out_w, out_h): short side exactly `size`, long side truncated (docs/fidelity.md 3.3)."""
     if height >= width:
         return size, int(height * size / width)
     return int(width * size / height), size
@@ -98,35 +124,66 @@ def crop_offset(out_w: int, out_h: int, size: int) -> tuple[int, int]:
     return int((out_w - size) / 2), int((out_h - size) / 2)
 
 
-def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, str]]:
-    """The reference's filters for one branch, as (filter name, arguments) pairs."""
-    out_w, out_h = output_dims(width, height, spec.size)
+def scale_filter(out_w: int, out_h: int) -> tuple[str, str]:
     # flags=bilinear: the reference environment's FFmpeg (<= 4) scaled bilinearly by default;
     # FFmpeg >= 5 defaults to bicubic, so the flag must be explicit.
-    chain = [("fps", f"fps={spec.fps}"), ("scale", f"{out_w}:{out_h}:flags=bilinear")]
+    return "scale", f"{out_w}:{out_h}:flags=bilinear"
+
+
+def crop_filter(out_w: int, out_h: int, size: int) -> tuple[str, str]:
+    x, y = crop_offset(out_w, out_h, size)
+    return "crop", f"{size}:{size}:{x}:{y}"
+
+
+def filter_chain(spec: DecodeSpec, width: int, height: int) -> list[tuple[str, str]]:
+    """The reference's command for one spec, as (filter name, arguments) pairs: what the
+    tests hand the ffmpeg CLI. (The decoder runs the fps part in timeline.py.)"""
+    out_w, out_h = output_dims(width, height, spec.size)
+    chain = [("fps", f"fps={spec.fps}"), scale_filter(out_w, out_h)]
     if spec.crop:
-        x, y = crop_offset(out_w, out_h, spec.size)
-        chain.append(("crop", f"{spec.size}:{spec.size}:{x}:{y}"))
+        chain.append(crop_filter(out_w, out_h, spec.size))
     # The CLI's `-pix_fmt rgb24` becomes a format filter before the sink; negotiation then
     # lets `scale` convert to RGB in the same swscale pass, as the reference's graph did.
-    chain.append(("format", "pix_fmts=rgb24"))
-    return chain
+    return chain + [("format", "pix_fmts=rgb24")]
 
 
-def rotation_filters(display_rotation: float) -> list[tuple[str, str]]:
-    """The filters the ffmpeg CLI's autorotate inserts before the graph, for a display matrix
-    whose counter-clockwise rotation is `display_rotation` degrees (PyAV's getattr(frame, "rotation", 0) or 0)."""
-    theta = -round(display_rotation)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # the CLI's get_rotation()
+def display_matrix(frame) -> Optional[tuple[int, ...]]:
+    """The frame's display matrix (9 fixed-point int32s), None when it has none."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX" and len(bytes(data)) == 36:
+            return struct.unpack("=9i", bytes(data))
+    return None
+
+
+def _display_rotation(matrix: Sequence[int]) -> float:
+    """libavutil's av_display_rotation_get: counter-clockwise degrees, NaN when degenerate."""
+    m = [value / 65536.0 for value in matrix]
+    scale = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale[0] == 0.0 or scale[1] == 0.0:
+        return math.nan
+    return -math.atan2(m[1] / scale[1], m[0] / scale[0]) * 180 / math.pi
+
+
+def rotation_filters(matrix: Optional[Sequence[int]]) -> list[tuple[str, str]]:
+    """The filters the ffmpeg CLI's autorotate puts before the graph for a display matrix
+    (FFmpeg 5.1's rules, mirrored matrices included)."""
+    if matrix is None:
+        return []
+    angle = _display_rotation(matrix)
+    if math.isnan(angle):
+        return []
+    theta = -float(math.copysign(math.floor(abs(angle) + 0.5), angle))  # C round()
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     if abs(theta - 90) < 1:
-        return [("transpose", "clock")]
+        return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
     if abs(theta - 180) < 1:
-        return [("hflip", ""), ("vflip", "")]
+        return ([("hflip", "")] if matrix[0] < 0 else []) + \
+               ([("vflip", "")] if matrix[4] < 0 else [])
     if abs(theta - 270) < 1:
-        return [("transpose", "cclock")]
+        return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
     if abs(theta) > 1:
-        return [("rotate", f"{theta}*PI/180")]
-    return []
+        return [("rotate", f"{theta:f}*PI/180")]
+    return [("vflip", "")] if matrix[4] < 0 else []
 
 
 def _guarded_opener(path: str, refused: list, alias: str):
@@ -150,6 +207,8 @@ def _guarded_opener(path: str, refused: list, alias: str):
 def _check_file(path: str) -> None:
     """Fail with the real reason before FFmpeg turns it into "invalid data"."""
     if not os.path.exists(path):
+        if os.path.islink(path) and _is_link_loop(path):
+            raise VideoError("open", f"symlink loop: {path} -> {os.readlink(path)}")
         if os.path.islink(path):
             raise VideoError("open", f"dangling symlink: {path} -> {os.readlink(path)}")
         raise VideoError("open", f"file does not exist: {path}")
@@ -166,6 +225,14 @@ def _check_file(path: str) -> None:
         os.close(fd)
     if empty:
         raise VideoError("open", f"empty file (0 bytes): {path}")
+
+
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _reason(exc: Exception) -> str:
@@ -281,103 +348,143 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return probe_container(container, os.fspath(path))
 
 
-def _upsamples(spec: DecodeSpec, source_rate) -> bool:
-    """True when the fps filter keeps (or duplicates) every source frame."""
-    try:
-        return bool(source_rate) and Fraction(spec.fps) >= Fraction(source_rate)
-    except (ValueError, ZeroDivisionError):
-        return False
+class _Scaler:
+    """A filter graph doing the pixel work of the reference's command for frames of one
+    size and format: `chain` after a buffer source, ending in rgb24."""
+
+    def __init__(self, frame, time_base: Fraction, chain: list[tuple[str, str]]):
+        self.graph = av.filter.Graph()  # owns the filter contexts: keep it alive
+        node = self.source = self.graph.add_buffer(width=frame.width, height=frame.height,
+                                                   format=frame.format, time_base=time_base)
+        for name, args in chain + [("format", "pix_fmts=rgb24")]:
+            nxt = self.graph.add(name, args) if args else self.graph.add(name)
+            node.link_to(nxt)
+            node = nxt
+        self.sink = self.graph.add("buffersink")
+        node.link_to(self.sink)
+        self.graph.configure()
+
+    def __call__(self, frame) -> np.ndarray:
+        self.source.push(frame)
+        return self.sink.pull().to_ndarray(format="rgb24")
 
 
-def _branch_plan(specs: Sequence[DecodeSpec], source_rate) -> list[tuple[Optional[int], list[int]]]:
-    """Which branches share one scaler: [(size or None, spec indices)].
+class _Picture:
+    """A decoded frame and its scaled versions, made once however many outputs use it.
 
-    Scaling commutes with the fps filter (it only drops or repeats whole frames), so the
-    pixels are the same in either order; only the work differs. Where some branch keeps
-    every source frame (30 fps from a 25 fps video), every frame gets scaled anyway, so all
-    branches of that size scale once and only then pick their frames. Other branches drop
-    frames first (fps -> scale), as the reference's graph does.
+    `graph`: how many times the CLI had rebuilt its filter graph when this frame arrived.
     """
-    shared: dict[int, list[int]] = {}
-    for index, spec in enumerate(specs):
-        if _upsamples(spec, source_rate):
-            shared.setdefault(spec.size, [])
-    plan: list[tuple[Optional[int], list[int]]] = []
-    for index, spec in enumerate(specs):
-        if spec.size in shared:
-            shared[spec.size].append(index)
-        else:
-            plan.append((None, [index]))
-    return [(size, members) for size, members in shared.items()] + plan
+
+    __slots__ = ("frame", "matrix", "graph", "scaled")
+
+    def __init__(self, frame, graph: int):
+        self.frame = frame
+        self.matrix = display_matrix(frame)
+        self.graph = graph
+        self.scaled: dict[tuple, np.ndarray] = {}
+
+    def shape_key(self) -> tuple:
+        frame = self.frame
+        return frame.width, frame.height, frame.format.name, self.matrix
 
 
-def _link_chain(graph, node, out_pad: int, chain):
-    for name, args in chain:
-        nxt = graph.add(name, args)
-        node.link_to(nxt, out_pad, 0)
-        node, out_pad = nxt, 0
-    return node
+class _Branch:
+    """One decode spec: the fps filter and the CLI's output sync, then the picture size."""
+
+    def __init__(self, spec: DecodeSpec, info: VideoInfo, time_base: Fraction):
+        self.spec = spec
+        self.dims = output_dims(info.width, info.height, spec.size)
+        self.fps = FpsSelector(parse_rate(spec.fps), time_base)
+        self.sync = OutputSync()
+
+    def push(self, picture: _Picture, time: Optional[int]) -> list[_Picture]:
+        return [out for held, k in self.fps.push(picture, time)
+                for out in self.sync.push(held, k)]
+
+    def finish(self, end_time: Optional[int]) -> list[_Picture]:
+        out = [copy for held, k in self.fps.finish(end_time) for copy in self.sync.push(held, k)]
+        return out + self.sync.finish()
 
 
-def _fan_out(graph, node, count: int):
-    """(node, output pad) pairs: the node itself, or a split of it into `count`."""
-    if count == 1:
-        return [(node, 0)]
-    splitter = graph.add("split", str(count))
-    node.link_to(splitter)
-    return [(splitter, i) for i in range(count)]
+class _Renderer:
+    """The RGB array of a picture as one branch's output shows it.
 
+    In the CLI's first filter graph, `scale` converts to rgb24 itself, so one scaled frame
+    serves every branch of that size and the crop is a slice (byte-identical to the crop
+    filter). A graph the CLI rebuilt (the frames changed size, format or rotation) also
+    gets the CLI's "autoscale" back to the first graph's output size, with the CLI's
+    default bicubic flags; that filter then does the RGB conversion, so its pixels differ
+    and are made per branch.
+    """
 
-def _build_graph(stream, info: VideoInfo, specs: Sequence[DecodeSpec], rotation: float):
-    graph = av.filter.Graph()
-    source = graph.add_buffer(template=stream)
-    tail = source
-    for name, args in rotation_filters(rotation):
-        node = graph.add(name, args) if args else graph.add(name)
-        tail.link_to(node)
-        tail = node
-    sinks: list = [None] * len(specs)
-    plan = _branch_plan(specs, stream.average_rate)
-    for (size, members), (node, pad) in zip(plan, _fan_out(graph, tail, len(plan))):
-        if size is not None:  # one scaler for every branch of this size
-            chain = filter_chain(specs[members[0]], info.width, info.height)
-            node = _link_chain(graph, node, pad, [c for c in chain if c[0] == "scale"])
-            pad = 0
-        outs = _fan_out(graph, node, len(members)) if size is not None else [(node, pad)]
-        for index, (branch, branch_pad) in zip(members, outs):
-            chain = filter_chain(specs[index], info.width, info.height)
-            if size is not None:
-                chain = [c for c in chain if c[0] != "scale"]
-            sink = graph.add("buffersink")
-            _link_chain(graph, branch, branch_pad, chain).link_to(sink)
-            sinks[index] = sink
-    graph.configure()
-    # The caller must keep `graph` alive: its filter contexts are freed with it.
-    return graph, source, sinks
+    def __init__(self, time_base: Fraction):
+        self.time_base = time_base
+        self.scalers: dict[tuple, _Scaler] = {}
 
+    def __call__(self, picture: _Picture, branch: _Branch) -> np.ndarray:
+        spec, (width, height) = branch.spec, branch.dims
+        rebuilt = picture.graph > 0
+        key = (width, height) + ((spec.crop, spec.size) if rebuilt else ())
+        rgb = picture.scaled.get(key)
+        if rgb is None:
+            chain = rotation_filters(picture.matrix) + [scale_filter(width, height)]
+            if rebuilt:
+                out_w, out_h = (spec.size, spec.size) if spec.crop else (width, height)
+                if spec.crop:
+                    chain.append(crop_filter(width, height, spec.size))
+                chain.append(("scale", f"{out_w}:{out_h}:flags=bicubic"))
+            scaler_key = picture.shape_key() + key
+            scaler = self.scalers.get(scaler_key)
+            if scaler is None:
+                scaler = self.scalers[scaler_key] = _Scaler(picture.frame, self.time_base, chain)
+            rgb = picture.scaled[key] = scaler(picture.frame)
+            rgb.flags.writeable = False  # shared by every output that repeats this frame
+        if spec.crop and not rebuilt:
+            x, y = crop_offset(width, height, spec.size)
+            rgb = rgb[y:y + spec.size, x:x + spec.size]
+        return rgb
 
-def _drain(sinks, out: list) -> None:
-    for index, sink in enumerate(sinks):
-        while True:
-            try:
-                frame = sink.pull()
-            except (BlockingIOError, av.error.EOFError):
-                break
-            out.append((index, frame.to_ndarray(format="rgb24")))
+    def device_frame(self, picture: _Picture, branch: _Branch) -> DeviceFrame:
+        """The picture as the device path takes it, or DevicePathUnavailable."""
+        if picture.graph > 0:
+            raise DevicePathUnavailable("the frames change size, format or orientation "
+                                        "mid-stream (the CLI rebuilt its graph)")
+        packed = picture.scaled.get("yuv")
+        if packed is None:
+            turn = quarter_turn(rotation_filters(picture.matrix))
+            geometry = frame_geometry(picture.frame, turn, *branch.dims)
+            reason = geometry.unsupported()
+            if reason is not None:
+                raise DevicePathUnavailable(reason)
+            packed = picture.scaled["yuv"] = (pack_planes(picture.frame), geometry)
+            packed[0].flags.writeable = False
+        planes, geometry = packed
+        if geometry.out_w != branch.dims[0] or geometry.out_h != branch.dims[1]:
+            geometry = frame_geometry(picture.frame, geometry.rotation, *branch.dims)
+            reason = geometry.unsupported()
+            if reason is not None:
+                raise DevicePathUnavailable(reason)
+        if branch.spec.crop:
+            geometry = geometry.centre_crop(branch.spec.size)
+        return DeviceFrame(planes, geometry)
 
 
 @dataclass
 class DecodeReport:
     """How cleanly a stream decoded; filled in by decode_container and judged by assess()."""
 
-    declared: Optional[float] = None  # seconds the container header says the stream lasts
-    end: Optional[float] = None  # seconds from the stream start to the end of the last frame
+    # Both on the reference's timeline (seconds from the file's start, see timeline.py):
+    declared: Optional[float] = None  # where the container's header says the stream ends
+    end: Optional[float] = None  # where the last decoded frame ends
     packets: int = 0  # non-empty packets read
     rejected: int = 0  # packets the decoder refused (skipped, as the ffmpeg CLI does)
     concealed: int = 0  # frames the decoder flagged corrupt (error concealment)
     frames: int = 0  # frames decoded and fed to the filter graph
     first_error: str = ""
     read_error: str = ""  # a demuxer error that ended reading before the end of the file
+    # Where the features follow FFmpeg 5.1's CLI but the reference's FFmpeg 4.x would have
+    # given other frames (docs/fidelity.md, "Knowingly different"); one line each.
+    fidelity_notes: list = field(default_factory=list)
 
 
 def _parse_hms(text: str) -> Optional[float]:
@@ -388,18 +495,22 @@ def _parse_hms(text: str) -> Optional[float]:
         return None
 
 
-def declared_duration(container, stream) -> Optional[float]:
-    """Seconds the file's header promises for the video stream, None when it promises nothing
-    trustworthy (durations FFmpeg estimates from timestamps or the bitrate do not count)."""
-    if container.format.name.split(",")[0] not in _HEADER_DURATION_FORMATS:
+def declared_end(container, stream) -> Optional[float]:
+    """Where the file's header says the video stream ends, in seconds of the container's
+    own timeline; None when it promises nothing trustworthy (durations FFmpeg estimates
+    from timestamps or the bitrate do not count)."""
+    demuxer = container.format.name.split(",")[0]
+    if demuxer not in _HEADER_DURATION_FORMATS:
         return None
-    if stream.duration and stream.duration > 0:
-        return float(stream.duration * stream.time_base)
-    tagged = _parse_hms(stream.metadata.get("DURATION", ""))  # Matroska's per-stream tag
+    if stream.duration and stream.duration > 0:  # a track duration, from the track's start
+        return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    # Matroska's per-track DURATION tag and its segment duration are end times already.
+    tagged = _parse_hms(stream.metadata.get("DURATION", ""))
     if tagged:
         return tagged
-    if len(container.streams) == 1 and container.duration and container.duration > 0:
-        return container.duration / 1e6  # the segment duration is this stream's own
+    if demuxer == "matroska" and len(container.streams) == 1 and container.duration \
+            and container.duration > 0:
+        return container.duration / 1e6
     return None
 
 
@@ -440,87 +551,196 @@ def assess(report: DecodeReport) -> Optional[tuple[str, str]]:
     return None
 
 
-def _decoded_frames(container, stream, report: DecodeReport):
-    """Frames of `stream`, skipping packets the decoder rejects and stopping (with the
-    decoder flushed) at a read error, as the ffmpeg CLI does."""
+CUT_SHORT = "a packet cut short (the file ends inside it)"
+
+
+def _timed_frames(container, stream, clock: InputClock, report: DecodeReport,
+                  on_frame: Optional[Callable[[], None]]):
+    """Decoded frames with the time the CLI's filter graph gives them (stream time base);
+    returns the end-of-stream time. Packets the decoder rejects are skipped and a read error
+    ends the stream (decoder flushed), as the ffmpeg CLI does."""
+    codec = stream.codec_context
     packets = container.demux(stream)
+    seen_cut_short = False
     while True:
         try:
             packet = next(packets)
         except StopIteration:
-            return
+            break
         except av.error.EOFError:
             break
         except av.error.FFmpegError as exc:
             report.read_error = f"read error: {_reason(exc)}"
             break
-        if packet.size:
-            report.packets += 1
+        if not packet.size and packet.pts is None and packet.dts is None:
+            continue  # PyAV's end-of-stream marker: the flush below does its job
+        stamps = clock.packet(packet.pts, packet.dts, packet.duration or 0)
+        packet.pts, packet.dts = stamps.pts, stamps.dts
+        if not packet.size:  # an empty packet the demuxer sent: timestamps only
+            clock.frames([])
+            continue
+        report.packets += 1
+        # A packet the demuxer could read only in part (the file ends inside it) is damage
+        # whatever the decoder makes of it: one decoder thread rejects it, frame threads
+        # take it without an error. Counted here, so the verdict is the same for both.
+        cut_short = bool(packet.is_corrupt)
+        if cut_short:
+            report.first_error = report.first_error or CUT_SHORT
+            seen_cut_short = True
         try:
-            frames = packet.decode()  # an empty packet flushes the decoder
+            frames = codec.decode(packet)
         except av.error.FFmpegError as exc:
             report.rejected += 1
             report.first_error = report.first_error or _reason(exc)
+            clock.rejected()
             continue
-        yield from frames
-    try:  # the demuxer stopped before its final flush packet
-        yield from stream.codec_context.decode(None)
-    except av.error.FFmpegError:
-        pass
+        report.rejected += cut_short
+        times = clock.frames([(f.pts, f.dts, f.duration) for f in frames])
+        for frame, time in zip(frames, times):
+            if on_frame is not None:
+                on_frame()
+            yield frame, time
+    try:
+        frames = codec.decode(None)
+    except av.error.FFmpegError as exc:
+        # Frame threads report a packet's error on a later call. One on the flush after a
+        # packet cut short (always the file's last) is that packet's, counted already.
+        if not seen_cut_short:
+            report.rejected += 1
+            report.first_error = report.first_error or _reason(exc)
+        frames = []
+    for frame in frames:
+        time = clock.drained(frame.pts, frame.dts, frame.duration)
+        if on_frame is not None:
+            on_frame()
+        yield frame, time
+    return clock.end()
+
+
+def _account(report: DecodeReport, frame, time: Optional[int], time_base: float,
+             default_step: float) -> None:
+    report.frames += 1
+    report.concealed += bool(frame.is_corrupt)
+    if time is not None:
+        step = frame.duration * time_base if frame.duration else default_step
+        report.end = max(report.end or 0.0, time * time_base + step)
 
 
 Frames = Generator[tuple[int, np.ndarray], None, DecodeReport]  # returns the report
 
 
 def decode(path: str | os.PathLike, specs: Sequence[DecodeSpec], info: VideoInfo | None = None,
-           threads: int = 0) -> Frames:
+           threads: int = 0, on_frame: Optional[Callable[[], None]] = None,
+           scale_on: str = "cpu") -> Frames:
     """Open `path` and yield (branch index, HxWx3 uint8 RGB frame), see decode_container."""
     path = os.fspath(path)
     with open_video(path) as container:
         return (yield from decode_container(container, specs,
-                                            info or probe_container(container, path), threads))
+                                            info or probe_container(container, path), threads,
+                                            on_frame, scale_on))
 
 
 def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
-                     threads: int = 0) -> Frames:
-    """Yield (branch index, HxWx3 uint8 RGB frame) in decode order, one graph for all specs;
-    return a DecodeReport (`report = yield from decode_container(...)`).
+                     threads: int = 0, on_frame: Optional[Callable[[], None]] = None,
+                     scale_on: str = "cpu") -> Frames:
+    """Yield (branch index, HxWx3 uint8 RGB frame): per branch, exactly the frames the
+    reference's ffmpeg command wrote for that spec, in order; return a DecodeReport
+    (`report = yield from decode_container(...)`).
 
-    Frames of one branch come in time order. Raises VideoError when the graph fails.
+    The compressed stream is decoded once for every branch; a source frame is scaled once
+    per output size however many outputs repeat it. `on_frame()` is called once per decoded
+    frame, before any is picked: the heartbeat the --video_timeout watch goes by (the picks
+    may keep few of the frames). The arrays are read-only views: several outputs can share
+    one. Raises VideoError when the pixel conversion fails.
+
+    scale_on="device": instead of RGB arrays, yield DeviceFrame values (the picked frames'
+    YUV planes and how to convert them), for the device to scale and convert; raises
+    DevicePathUnavailable, possibly after some frames, when a frame cannot go that way.
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
-    report = DecodeReport(declared=declared_duration(container, stream))
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = Discard.all  # what the CLI does with the streams it does not map
+    facts = stream_facts(container, stream)
+    report = DecodeReport()
+    declared = declared_end(container, stream)
+    if declared is not None:
+        report.declared = declared - (facts.file_start or 0) / 1e6
+    time_base = Fraction(stream.time_base)
     rate = stream.average_rate
     default_step = 1 / float(rate) if rate else 0.0
-    time_base = float(stream.time_base) if stream.time_base else 0.0
-    start = stream.start_time * time_base if stream.start_time is not None else None
-    graph = source = sinks = None
-    ready: list = []
+    branches = [_Branch(spec, info, time_base) for spec in specs]
+    render = _Renderer(time_base)
+    output = render.device_frame if scale_on == "device" else render
+    clock = InputClock(facts)
+    shape = None
+    rebuilds = 0
+    matrices: set = set()
+    shapes: set = set()
+    notes: set = set()
     try:
-        for frame in _decoded_frames(container, stream, report):
-            report.frames += 1
-            report.concealed += bool(frame.is_corrupt)
-            if frame.pts is not None:
-                at = frame.pts * time_base
-                start = at if start is None else start
-                end = at + (frame.duration * time_base if frame.duration else default_step)
-                report.end = max(report.end or 0.0, end - start)
-            if graph is None:
-                # The display matrix reaches us on the frames, so the graph (which needs
-                # the rotation) is built when the first frame arrives.
-                graph, source, sinks = _build_graph(stream, info, specs,
-                                                    getattr(frame, "rotation", 0) or 0)
-            source.push(frame)
-            _drain(sinks, ready)
-            yield from ready
-            ready.clear()
-        if graph is None:
-            return report
-        source.push(None)
-        _drain(sinks, ready)
-        yield from ready
+        timed = _timed_frames(container, stream, clock, report, on_frame)
+        while True:
+            try:
+                frame, time = next(timed)
+            except StopIteration as stop:
+                end_time = stop.value
+                break
+            _account(report, frame, time, float(time_base), default_step)
+            picture = _Picture(frame, rebuilds)
+            if shape is not None and picture.shape_key() != shape:
+                # The CLI rebuilds its filter graph when the frames change size, format or
+                # rotation: a fresh fps filter, and the frame the old one held is lost.
+                for branch in branches:
+                    branch.fps.reset()
+                picture.graph = rebuilds = rebuilds + 1
+            shape = picture.shape_key()
+            matrices.add(picture.matrix)
+            if shape not in shapes:
+                shapes.add(shape)
+                notes.update(filter(None, (_one_tap_note(picture, branch.dims)
+                                           for branch in branches)))
+            for index, branch in enumerate(branches):
+                for out in branch.push(picture, time):
+                    yield index, output(out, branch)
+        if report.frames:
+            for index, branch in enumerate(branches):
+                for out in branch.finish(end_time):
+                    yield index, output(out, branch)
     except av.error.FFmpegError as exc:
         raise VideoError("decode", f"decoding failed: {_reason(exc)}") from None
+    report.fidelity_notes = _orientation_notes(matrices) + sorted(notes)
     return report
+
+
+def _one_tap_note(picture: _Picture, dims: tuple[int, int]) -> Optional[str]:
+    """FFmpeg 5.1's libswscale converted a 4:2:0 frame whose (turned) size equals the output
+    and whose height is odd with a cruder chroma rule than the 8.1 one we run (docs/
+    fidelity.md section 5); the frame is then off by up to ~95 levels at sharp colour edges."""
+    frame = picture.frame
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        return None
+    width, height = frame.width, frame.height
+    if any(name == "transpose" for name, _ in rotation_filters(picture.matrix)):
+        width, height = height, width
+    if (width, height) != dims or height % 2 == 0:
+        return None
+    return (f"the {width}x{height} frames need no scaling but have an odd height: their "
+            f"chroma is interpolated as FFmpeg 8.1 does, which differs from FFmpeg 5.1's "
+            f"(and 4.3's) at sharp colour edges")
+
+
+def _orientation_notes(matrices: set) -> list[str]:
+    """What FFmpeg 4.x's autorotation would have done otherwise: it turned every frame by
+    the stream's matrix alone, never mirrored, and never followed per-frame orientation."""
+    notes = []
+    if len(matrices) > 1:
+        notes.append("the display orientation changes between frames (per-frame orientation "
+                     "data): rotated frame by frame as FFmpeg 5.1's CLI does; FFmpeg 4.x "
+                     "used one orientation for the whole video")
+    if any(m is not None and m[0] * m[4] - m[1] * m[3] < 0 for m in matrices):
+        notes.append("the display matrix mirrors the picture: flipped as FFmpeg 5.1's CLI "
+                     "does; FFmpeg 4.x only rotated it")
+    return notes

@@ -1,4 +1,5 @@
-"""Where a checkpoint comes from, how it is verified, and how it is loaded without running code.
+"""Where a checkpoint comes from and how it is verified; no torch (`hero-features models` and
+`download` run without it). Reading a checkpoint into a model is state_dicts.py.
 
 Look-up order for a file under its ORIGINAL name: --checkpoint, --weights_dir,
 $HERO_FEATURES_WEIGHTS, /models (the Docker image), then the user cache. A file found nowhere
@@ -18,20 +19,15 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
-from .models.base import Checkpoint
+from .errors import WeightsError
+from .models.spec import Checkpoint
 
 ENV_WEIGHTS = "HERO_FEATURES_WEIGHTS"
 DOCKER_WEIGHTS = Path("/models")
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint that is missing, fails verification, or does not fit the model."""
 
 
 class CheckpointMismatch(WeightsError, ValueError):
@@ -80,9 +76,72 @@ def resolve_checkpoint(ckpt: Checkpoint, weights_dir: Optional[Path] = None,
 
 def _missing_message(ckpt: Checkpoint, weights_dir: Optional[Path], why: str) -> str:
     looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+    fetch = ckpt.missing_hint or f"Fetch it from {ckpt.url}"
     return (f"checkpoint {ckpt.filename} not found (looked in {looked}) and it could not be "
-            f"downloaded ({why}). Fetch it from {ckpt.url} and put it in one of those folders, "
+            f"downloaded ({why}). {fetch} and put it in one of those folders, "
             f"e.g. --weights_dir DIR or ${ENV_WEIGHTS}=DIR.")
+
+
+class MissingCheckpoints(WeightsError):
+    """Several checkpoints that could not be found or fetched, all named in one message."""
+
+
+def resolve_all(ckpts: Mapping[str, Checkpoint], weights_dir: Optional[Path] = None,
+                explicit: Optional[Path] = None, download: bool = True) -> dict[str, Path]:
+    """resolve_checkpoint for every model (name -> Checkpoint), going on past a missing one so
+    that one error names them all: otherwise the next one only shows up once the first is
+    found."""
+    found: dict[str, Path] = {}
+    problems: list[str] = []
+    for name, ckpt in ckpts.items():
+        try:
+            found[name] = resolve_checkpoint(ckpt, weights_dir, explicit, download)
+        except WeightsError as exc:
+            problems.append(f"{name}: {exc}")
+    if len(problems) == 1:
+        raise WeightsError(problems[0])
+    if problems:
+        raise MissingCheckpoints(f"{len(problems)} checkpoints are missing:\n  " +
+                                 "\n  ".join(problems))
+    return found
+
+
+def resolve_checkpoints(config) -> dict[str, Path]:
+    """Every model's checkpoint of a run (config.RunConfig), found or fetched, before any
+    worker starts: N workers fetching the same missing file would write the same .part."""
+    from .models import get_spec
+
+    return {name: resolve_checkpoint(get_spec(name).checkpoint, config.weights_dir,
+                                     config.checkpoint, download=config.download)
+            for name in config.models}
+
+
+# (path, size, mtime, inode) -> verify(); a run hashes each file once, however many times a
+# command in the same process asks (the tests call the CLI in-process over and over).
+_VERIFIED: dict[tuple, Optional[bool]] = {}
+
+
+def verify_cached(path: Path, ckpt: Checkpoint) -> Optional[bool]:
+    if not ckpt.sha256:
+        return None
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, ckpt.sha256)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = verify(path, ckpt)
+    return _VERIFIED[key]
+
+
+def mismatch_warning(found: Mapping[str, tuple[Path, Checkpoint]]) -> Optional[str]:
+    """A loud warning naming every file (model -> (path, checkpoint)) under an official name
+    whose sha256 is not the published one, or None when all match or publish no hash."""
+    bad = [f"{name}: {path}" for name, (path, ckpt) in found.items()
+           if verify_cached(path, ckpt) is False]
+    if not bad:
+        return None
+    return ("WARNING: HASH MISMATCH: these checkpoints carry an official file name but are not "
+            "the published files, so their features will NOT match the released ones: " +
+            "; ".join(bad) + ". Delete them and run `hero-features download` for the published "
+            "files (or ignore this if you meant to use your own weights).")
 
 
 def sha256_of(path: Path) -> str:
@@ -91,6 +150,20 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_SHA256_SEEN: dict[tuple, str] = {}
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, hashed once per process for each version of the file
+    (path, size, mtime): a 300 MB checkpoint takes about a second, and every output of a
+    run records it."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = sha256_of(path)
+    return _SHA256_SEEN[key]
 
 
 def verify(path: Path, ckpt: Checkpoint) -> Optional[bool]:
@@ -153,6 +226,34 @@ def _download_locked(ckpt: Checkpoint, final: Path, weights_dir: Optional[Path],
         raise WeightsError(f"{ckpt.filename} from {ckpt.url} does not match its published "
                            f"sha256 {ckpt.sha256}; kept as {bad}")
     os.replace(partial, final)
+    return final
+
+
+def install_checkpoint(ckpt: Checkpoint, source_dir: Path, target_dir: Path) -> Path:
+    """`source_dir/<original name>` copied into `target_dir` once it passes its published
+    sha256 (for machines without internet: `hero-features download --from DIR`). A file the
+    target already holds is left alone when it has the same bytes, else refused by name."""
+    source = Path(source_dir) / ckpt.filename
+    final = Path(target_dir) / ckpt.filename
+    if not source.is_file():
+        raise WeightsError(f"{ckpt.filename} is not in {source_dir}")
+    if verify(source, ckpt) is False:
+        raise WeightsError(f"{source} does not match the published sha256 {ckpt.sha256}: not "
+                           f"installed (features made with it would not match the released "
+                           f"ones)")
+    if final.is_file():
+        if final.resolve() == source.resolve() or sha256_of(final) == sha256_of(source):
+            return final
+        raise WeightsError(f"{final} already exists and differs from {source}; remove it "
+                           f"first to install this one")
+    try:
+        Path(target_dir).mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(ckpt.filename + ".part")
+        shutil.copyfile(source, partial)
+        os.replace(partial, final)
+    except OSError as exc:
+        raise WeightsError(f"cannot install {ckpt.filename} into {target_dir}: "
+                           f"{exc.strerror or exc}") from None
     return final
 
 
@@ -224,62 +325,3 @@ def short_reason(exc: BaseException) -> str:
     weights_only=False; the line naming the refused GLOBAL is the one that matters."""
     text = str(exc).splitlines() or [type(exc).__name__]
     return next((line.strip() for line in text if "GLOBAL" in line), text[0])
-
-
-def safe_torch_load(path: Path) -> Mapping[str, torch.Tensor]:
-    """A PyTorch checkpoint as a state dict, refusing pickles that would run code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError / RuntimeError for unsafe content
-        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint "
-                           f"({short_reason(exc)})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def is_bn_counter(key: str) -> bool:
-    """BatchNorm's `num_batches_tracked`: older PyTorch did not save it and eval never reads
-    it, so a checkpoint may lack it."""
-    return key.endswith("num_batches_tracked")
-
-
-def list_names(names: Sequence[str], limit: int = 20) -> str:
-    """`names` comma-separated, cut after `limit`: a wrong file can differ in every key."""
-    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _shape(value) -> object:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
-                           ignore_prefixes: Iterable[str] = (),
-                           optional: Callable[[str], bool] = lambda key: False,
-                           max_listed: int = 20) -> None:
-    """Load `state` into `model`, refusing any missing, unexpected or misshapen key by name.
-
-    `what` names the checkpoint in the error (e.g. "SlowFast R50 checkpoint PATH");
-    `ignore_prefixes`: checkpoint keys deliberately unused (e.g. a text tower);
-    `optional(key)`: model keys a checkpoint may lack, left as the model has them;
-    `max_listed`: names listed per problem.
-    Raises CheckpointMismatch (a WeightsError and a ValueError).
-    """
-    ignore_prefixes = tuple(ignore_prefixes)
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state and not optional(k))
-    unexpected = sorted(k for k in state if k not in expected)
-    misshapen = [f"{k} checkpoint {_shape(state[k])} != model {tuple(expected[k].shape)}"
-                 for k in sorted(state.keys() & expected.keys())
-                 if _shape(state[k]) != tuple(expected[k].shape)]
-    problems = [f"{label}: {list_names(names, max_listed)}" for label, names in
-                (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatch", misshapen)) if names]
-    if problems:
-        raise CheckpointMismatch(f"{what} does not fit the model: " + "; ".join(problems))
-    # Everything left out is optional, so strict=False only lets those keep their values.
-    model.load_state_dict(state, strict=False)

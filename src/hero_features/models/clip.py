@@ -13,11 +13,7 @@ load strictly.
 """
 from __future__ import annotations
 
-import pickle
-import warnings
-import zipfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Dict, Union
 
@@ -26,12 +22,8 @@ import torch
 from open_clip.model import CLIP, convert_weights_to_fp16
 from torch import nn
 
-from ..weights import load_state_dict_strict
-from .base import Checkpoint, ModelSpec, image_normalizer
-
-_URL = "https://openaipublic.azureedge.net/clip/models/{}/{}"
-VIT_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
-RN50X4_SHA256 = "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"
+from ..state_dicts import load_state_dict_strict, read_state_dict
+from .normalize import image_normalizer
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,34 +63,6 @@ class ClipImageEncoder(nn.Module):
         return self.visual(x.to(self.dtype)).float()
 
 
-def _is_torchscript(path: Path) -> bool:
-    # torch.save archives hold `<name>/data.pkl` only; torch.jit.save adds code and constants.
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        inner = [n.split("/", 1)[-1] for n in z.namelist()]
-    return "constants.pkl" in inner or any(n.startswith("code/") for n in inner)
-
-
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    if _is_torchscript(path):
-        with warnings.catch_warnings():
-            # TorchScript is deprecated, but it is the format OpenAI published the weights in.
-            warnings.simplefilter("ignore", FutureWarning)
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # torch's message suggests weights_only=False, which is exactly what must not happen.
-            lines = [ln for ln in str(e).splitlines() if "GLOBAL" in ln] or [str(e)]
-            raise ValueError(f"{path}: not a plain state dict nor a TorchScript archive; "
-                             f"refusing to unpickle arbitrary objects ({lines[0]})") from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
-    return dict(sd)
-
-
 def _identify(sd: Dict[str, torch.Tensor]):
     stem = sd.get("visual.conv1.weight")
     proj = sd.get("text_projection")
@@ -121,7 +85,7 @@ def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Mod
         raise ValueError(f"unknown CLIP architecture {arch!r}; expected one of {sorted(ARCHS)}")
     a = ARCHS[arch]
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     found = _identify(sd)
     if found is not None and found != arch:
         raise ValueError(f"{path} holds CLIP {ARCHS[found].describe(found)} weights, "
@@ -149,25 +113,3 @@ def load_clip(path: Path, device: Union[str, torch.device], arch: str) -> nn.Mod
 # The reference normalised with CLIP's mean/std and std + 1e-8 (clip/preprocessing.py).
 preprocess_clip = image_normalizer(MEAN, STD)
 
-
-VIT_SPEC = ModelSpec(
-    name="clip-vit",
-    dim=512,
-    unit="frame",
-    size=224,
-    crop=True,
-    checkpoint=Checkpoint("ViT-B-32.pt", _URL.format(VIT_SHA256, "ViT-B-32.pt"), VIT_SHA256),
-    build=partial(load_clip, arch="ViT-B/32"),
-    preprocess=preprocess_clip,
-)
-
-RN50X4_SPEC = ModelSpec(
-    name="clip-rn50x4",
-    dim=640,
-    unit="frame",
-    size=288,
-    crop=True,
-    checkpoint=Checkpoint("RN50x4.pt", _URL.format(RN50X4_SHA256, "RN50x4.pt"), RN50X4_SHA256),
-    build=partial(load_clip, arch="RN50x4"),
-    preprocess=preprocess_clip,
-)

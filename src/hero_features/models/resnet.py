@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet152
 
-from ..weights import is_bn_counter, load_state_dict_strict, safe_torch_load
-from .base import Checkpoint, ModelSpec, image_normalizer
+from ..state_dicts import is_bn_counter, load_state_dict_strict, read_state_dict
+from .normalize import image_normalizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,7 +28,7 @@ class ResNet152Trunk(nn.Module):
 
 
 def load_resnet152(path: Path, device: torch.device) -> ResNet152Trunk:
-    state = safe_torch_load(path)
+    state = read_state_dict(path)
     reference = resnet152(weights=None)
     # The official file carries the fc classifier too; check it like everything else, then
     # keep only the trunk.
@@ -40,20 +40,3 @@ def load_resnet152(path: Path, device: torch.device) -> ResNet152Trunk:
 
 
 preprocess_imagenet = image_normalizer(IMAGENET_MEAN, IMAGENET_STD)
-
-SPEC = ModelSpec(
-    name="resnet",
-    dim=2048,
-    unit="frame",
-    size=224,
-    crop=False,
-    checkpoint=Checkpoint(
-        "resnet152-394f9c45.pth",
-        "https://download.pytorch.org/models/resnet152-394f9c45.pth",
-        # torchvision publishes the first 8 hex digits of the sha256 in the file name.
-        sha256="394f9c45",
-    ),
-    build=load_resnet152,
-    preprocess=preprocess_imagenet,
-    l2_normalize=True,
-)

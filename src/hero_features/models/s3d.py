@@ -11,17 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import is_bn_counter, load_state_dict_strict
-from .base import Checkpoint, ModelSpec
-
-# The README's link (www.rocq.inria.fr/cluster-willow/...) is dead; the maintainer gave this
-# ENS address for the same two files in S3D_HowTo100M issue #1.
-URL = "https://www.di.ens.fr/~miech/S3D_howto100m/s3d_howto100m.pth"
-MIRRORS = (
-    "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/s3d_howto100m.pth",
-    # Community re-upload (S3D_HowTo100M issue #14), not from the authors: check before trusting.
-    "https://drive.google.com/uc?export=download&id=1DN8t1feS0t5hYYTfXQfZd596Pu9yXJIr",
-)
+from ..state_dicts import is_bn_counter, load_state_dict_strict, read_state_dict
 
 IGNORED_PREFIX = "text_module."  # the sentence encoder, not needed for video features
 
@@ -143,10 +133,7 @@ class S3DG(nn.Module):
 
 
 def load_s3d(path: Path, device) -> S3DG:
-    # weights_only: a .pth is a pickle, and a pickle from the internet must not run code.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = read_state_dict(path)
     model = S3DG()
     # Strictly: the reference loaded with strict=False, so a wrong file ran on random weights
     # unnoticed.
@@ -159,14 +146,3 @@ def preprocess_s3d(x_uint8: torch.Tensor) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32 in [0, 1]; MIL-NCE uses no mean/std."""
     return x_uint8.permute(0, 4, 1, 2, 3).contiguous().float().div_(255)
 
-
-SPEC = ModelSpec(
-    name="mil-nce",
-    dim=1024,
-    unit="clip",
-    size=224,
-    crop=True,
-    checkpoint=Checkpoint("s3d_howto100m.pth", URL, sha256=None),
-    build=load_s3d,
-    preprocess=preprocess_s3d,
-)

@@ -1,4 +1,4 @@
-"""SlowFast R50 8x8 (Kinetics-400) as the HERO reference runs it (REFERENCE.md 2.4-2.6).
+"""SlowFast R50 8x8 (Kinetics-400) as the HERO reference runs it (docs/fidelity.md 2, 3.5-3.6).
 
 Module and parameter names follow PySlowFast's state dict, so its `.pyth` checkpoints load
 as they are and Caffe2 blobs need only a name conversion. The output is the reference's
@@ -17,8 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..safe_pickle import load_caffe2_pickle
-from ..weights import is_bn_counter, list_names, load_state_dict_strict
-from .base import Checkpoint, ModelSpec
+from ..state_dicts import is_bn_counter, list_names, load_state_dict_strict, read_state_dict
 
 # The reference took trunc(linspace(0, 31, 8)) from torch <= 1.5, which ends on 30 where
 # newer torch gives 31; the released features use these frames.
@@ -216,11 +215,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if "blobs" not in ckpt:
             raise ValueError(f"{path}: a Caffe2 checkpoint holds a 'blobs' dict; keys are {list(ckpt)}")
         return convert_caffe2_blobs(ckpt["blobs"])
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
-    # PySlowFast's .pyth wraps the weights with optimizer state and the epoch
-    return ckpt.get("model_state", ckpt)
+    # PySlowFast's .pyth wraps the weights with optimizer state and the epoch: unwrapped there
+    return read_state_dict(path)
 
 
 def load_slowfast(path: Path, device: torch.device | str = "cpu") -> SlowFastR50:
@@ -242,18 +238,3 @@ def preprocess_slowfast(x: torch.Tensor) -> torch.Tensor:
     std = torch.full((1, 3, 1, 1, 1), 0.225, device=x.device) + 1e-8
     return (x - 0.45) / std
 
-
-SPEC = ModelSpec(
-    name="slowfast",
-    dim=FEATURE_DIM,
-    unit="clip",
-    size=224,
-    crop=True,
-    checkpoint=Checkpoint(
-        "SLOWFAST_8x8_R50.pkl",
-        "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/SLOWFAST_8x8_R50.pkl",
-        sha256=None,
-    ),
-    build=load_slowfast,
-    preprocess=preprocess_slowfast,
-)
