@@ -15,6 +15,7 @@ from hero_features.device_runner import DeviceRunner
 from hero_features.messages import Done, End, Units
 from hero_features.models import Checkpoint, ModelSpec
 from hero_features.pipeline import Pipeline
+from hero_features.swsplan import DeviceGeometry
 
 
 class _FirstPixel(torch.nn.Module):
@@ -84,6 +85,22 @@ def test_padding_is_zeroed_in_a_reused_buffer():
     assert int(partial.buffer[0, 0, 0, 0]) == 9 and not partial.buffer[1:].any()
     assert [(owner, start, count) for owner, start, count, _ in partial.split(None)] == \
         [("y", 0, 1)]
+
+
+def test_packed_units_of_other_geometries_never_share_a_batch():
+    """--scale-on device: two videos' packed YUV units can have one shape but other geometries
+    (e.g. 320x240 and 240x320); the device converts a batch with one geometry."""
+    landscape = DeviceGeometry(320, 240, "yuv420p", 0, 2, 0, 298, 224)
+    portrait = DeviceGeometry(240, 320, "yuv420p", 0, 2, 0, 224, 298)
+    packed = np.zeros((1, landscape.packed_size), np.uint8)
+    assert packed.shape[1] == portrait.packed_size
+    batcher = Batcher(batch_size=2)
+    assert list(batcher.add("a", "x", 0, packed, landscape)) == []
+    assert list(batcher.add("a", "y", 0, packed, portrait)) == []
+    full, = batcher.add("a", "w", 0, packed, landscape)
+    assert (full.geometry, full.owners) == (landscape, {"x", "w"})
+    partial, = batcher.flush()
+    assert (partial.geometry, partial.owners, partial.fill) == (portrait, {"y"}, 1)
 
 
 def test_kept_buffers_are_bounded_per_model():

@@ -27,6 +27,7 @@ import hero_features.multigpu as multigpu
 import hero_features.ray_backend as ray_backend
 from hero_features.config import Job, RunConfig
 from hero_features.manifest import is_complete
+from hero_features.messages import Units
 from hero_features.multigpu import cpu_threads, resolve_gpus, run_multi_device
 from hero_features.outputs import FailureLog, Summary
 from hero_features.pipeline import run_on_device
@@ -53,10 +54,11 @@ def video_dir(tmp_path_factory) -> Path:
 BOTH = ("resnet", "clip-vit")
 
 
-def make_config(weights: Path, out: Path, workers: int = 0, models=("resnet",)) -> RunConfig:
+def make_config(weights: Path, out: Path, workers: int = 0, models=("resnet",),
+                scale_on: str = "cpu") -> RunConfig:
     return RunConfig(models=list(models), clip_len=Fraction(3, 2), batch_size=2,
-                     decode_workers=workers,
-                     weights_dir=weights, download=False, output_dir=out, progress=False)
+                     decode_workers=workers, weights_dir=weights, download=False,
+                     output_dir=out, progress=False, scale_on=scale_on)
 
 
 def make_jobs(video_dir: Path, out: Path, names=None, models=("resnet",)) -> list[Job]:
@@ -133,7 +135,12 @@ def worker_dying_on_b(rank, device, config, conn, threads):
 def decode_dying_on_c(video_id, path, groups, settings, active=None, on_frame=None):
     if Path(path).name == RAY_DIES_ON:
         os._exit(DEATH_CODE)
-    yield from decode_video_units(video_id, path, groups, settings, active, on_frame=on_frame)
+    for message in decode_video_units(video_id, path, groups, settings, active,
+                                      on_frame=on_frame):
+        # The samples are all device-path videos: with --scale-on device, packed units only.
+        if isinstance(message, Units) and settings.scale_on == "device":
+            assert message.geometry is not None, "rgb24 units on the device path"
+        yield message
 
 
 def assert_matches(out: Path, expected: dict, names, model: str = "resnet") -> None:
@@ -260,11 +267,14 @@ def test_ray_backend_matches_the_local_run_and_logs_what_fails(tmp_path, video_d
     finished = []
     summary = Summary(videos=len(jobs))
     # The decode task of c.mp4 dies on every attempt: retried, then logged. The failing decode
-    # travels by value: Ray's workers need not import this test module.
+    # travels by value: Ray's workers need not import this test module. The decode tasks
+    # send packed YUV units (--scale-on device) and the actors convert them: the features
+    # must still be the local run's, which scaled on the CPU.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
-        run_ray(make_config(synthetic_checkpoints, tmp_path, models=BOTH), jobs, summary,
+        run_ray(make_config(synthetic_checkpoints, tmp_path, models=BOTH, scale_on="device"),
+                jobs, summary,
                 FailureLog(tmp_path), RayOptions(gpus_per_actor=0, max_retries=1),
                 on_finish=lambda job, ok: finished.append((job.video_path.name, ok)),
                 decode_fn=decode_dying_on_c)

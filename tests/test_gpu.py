@@ -184,3 +184,19 @@ def test_gpu_precision_within_its_bounds(gpu_fp32, precision, synthetic_checkpoi
         assert all(candidate[n].shape == reference[n].shape for n in reference)
         low, rel = centred_cos_and_rel_err(reference, candidate)
         assert low >= bound_ccos and rel <= bound_rel, (model, precision, low, rel)
+
+
+@needs_cuda
+def test_scale_on_device_gives_the_cpu_graphs_features_on_cuda(gpu_fp32, tmp_path,
+                                                              synthetic_checkpoints):
+    """--scale-on device on CUDA: libswscale's arithmetic replayed on the GPU, then the same
+    models: the features of the CPU graph's run, byte for byte."""
+    out = tmp_path / "device"
+    argv = extract_argv(["slowfast", "resnet"], "3/2", out, synthetic_checkpoints)
+    assert main(argv + ["--scale-on", "device"]) == 0
+    for model in ("slowfast", "resnet"):
+        expected = sorted((gpu_fp32["outputs"]["3/2"] / f"{model}_features").glob("*.npz"))
+        assert len(expected) == len(list(VIDEOS.glob("*.mp4")))
+        for path in expected:
+            got = load(out / f"{model}_features" / path.name)
+            assert np.array_equal(got, load(path)), (model, path.name)

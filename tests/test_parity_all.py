@@ -98,13 +98,15 @@ def test_the_python_api_gives_each_video_the_bytes_of_the_cli(all_models_15, sam
     """Each sample video alone through hero_features.extract() equals what the CLI wrote for
     it in one run over all the samples, where its rows shared batches with other videos' at
     other places and the batches ended elsewhere: the fixed batch shape makes a row's bytes
-    independent of its neighbours, for all five models."""
+    independent of its neighbours, for all five models. The API scales on the device
+    (scale_on="device", here the CPU running the device code) and the CLI ran the CPU graph:
+    the same features, as --scale-on promises (one run checks both, to keep the suite short)."""
     status, out, _ = all_models_15
     assert status == 0
     for video in sample_videos:
         features = hero_features.extract(video, models=list(ALL), clip_len="3/2",
                                          device="cpu", weights_dir=synthetic_checkpoints,
-                                         batch_size=int(BATCH))
+                                         batch_size=int(BATCH), scale_on="device")
         assert list(features) == list(ALL)
         for model in ALL:
             written = load(out / f"{model}_features" / f"{video.stem}.npz")

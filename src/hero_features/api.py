@@ -38,8 +38,8 @@ class FeatureExtractor:
     one), `weights_dir` (searched first for the checkpoints, which are found or fetched as
     the command line does), `batch_size`, `num_decoding_thread` (decode worker processes; 0
     decodes in this process), `target_framerate`, `min_num_features`, `precision` ("fp32",
-    "fp16", "bf16"), `checkpoint` (one model only), `download`, `video_timeout` (seconds;
-    0 or None: no limit). Errors are hero_features.HeroFeaturesError: UsageError for
+    "fp16", "bf16"), `scale_on` ("cpu", "device": --scale-on), `checkpoint` (one model
+    only), `download`, `video_timeout` (seconds; 0 or None: no limit). Errors are hero_features.HeroFeaturesError: UsageError for
     settings no run can use, WeightsError for a checkpoint that is missing or does not fit.
     """
 
@@ -49,7 +49,8 @@ class FeatureExtractor:
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  num_decoding_thread: int = DEFAULT_DECODE_WORKERS,
                  target_framerate: int = 30, min_num_features: int = 1,
-                 precision: str = "fp32", checkpoint: Optional[PathLike] = None,
+                 precision: str = "fp32", scale_on: str = "cpu",
+                 checkpoint: Optional[PathLike] = None,
                  download: bool = True,
                  video_timeout: Optional[float] = DEFAULT_VIDEO_TIMEOUT):
         from .device_runner import DeviceRunner, pick_device
@@ -61,7 +62,8 @@ class FeatureExtractor:
         fraction = check_run(names, clip_len, batch_size=batch_size,
                              decode_workers=num_decoding_thread, target_fps=target_framerate,
                              min_num_features=min_num_features,
-                             video_timeout=video_timeout or 0, precision=precision)
+                             video_timeout=video_timeout or 0, precision=precision,
+                             scale_on=scale_on)
         self.models = names
         self.config = RunConfig(
             models=names, clip_len=fraction, batch_size=batch_size,
@@ -70,7 +72,7 @@ class FeatureExtractor:
             weights_dir=Path(weights_dir) if weights_dir is not None else None,
             checkpoint=Path(checkpoint) if checkpoint is not None else None,
             download=download, video_timeout=video_timeout or None, progress=False,
-            precision=precision)
+            precision=precision, scale_on=scale_on)
         self.device = pick_device(str(device) if device is not None else None)
         self._runner = DeviceRunner.for_config(self.config, self.device)
 

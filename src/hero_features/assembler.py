@@ -18,7 +18,9 @@ from .config import Job
 class VideoResult:
     """A finished video. `features`: model -> (N, D) float16 rows (dropped once written, see
     without_features); `rows`: model -> N; `failure`: (stage, reason) when it gave none;
-    `warnings`: (stage, text) of features from a damaged stream; `seconds`: of video decoded."""
+    `warnings`: (stage, text) of features from a damaged stream; `seconds`: of video decoded;
+    `scaled_on_cpu`: with --scale-on device, why (some of) its frames were scaled by the CPU
+    graph instead (the features are the same either way)."""
 
     job: Job
     features: dict = field(default_factory=dict)
@@ -26,6 +28,7 @@ class VideoResult:
     failure: Optional[tuple] = None
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
+    scaled_on_cpu: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,7 @@ class VideoAssembler:
         self.failure: Optional[tuple] = None
         self.warnings: list = []
         self.seconds = 0.0
+        self.scaled_on_cpu: Optional[str] = None  # see VideoResult
 
     @property
     def failed(self) -> bool:
@@ -124,4 +128,5 @@ class VideoAssembler:
                                    seconds=self.seconds)
             features[model] = table.stack()
         return VideoResult(self.job, features, {m: len(f) for m, f in features.items()},
-                           warnings=list(self.warnings), seconds=self.seconds)
+                           warnings=list(self.warnings), seconds=self.seconds,
+                           scaled_on_cpu=self.scaled_on_cpu)

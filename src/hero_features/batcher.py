@@ -31,6 +31,9 @@ class Batch:
 
     model: str
     buffer: torch.Tensor  # (batch_size, *unit shape) uint8
+    # swsplan.DeviceGeometry of units that are packed YUV planes (--scale-on device), which
+    # the device converts to rgb24 first; None: the units are rgb24 already.
+    geometry: object = None
     segments: list = field(default_factory=list)  # (owner, first unit index, count)
     fill: int = 0  # real units; the rest of the buffer is padding
 
@@ -55,24 +58,28 @@ class Batcher:
     def __init__(self, batch_size: int, pin_memory: bool = False):
         self.batch_size = batch_size
         self.pin_memory = pin_memory
-        # (model, unit shape) -> the batch being filled: units of one model are batched across
-        # owners, but only with units of the same shape (frames of differently sized videos
-        # cannot share a tensor).
+        # (model, unit shape, geometry) -> the batch being filled: units of one model are
+        # batched across owners, but only with units of the same shape (frames of differently
+        # sized videos cannot share a tensor) and, for packed YUV units, the same geometry
+        # (the device converts a batch in one go).
         self._open: dict[tuple, Batch] = {}
         # Buffers whose batch is through the model, by (model, shape), for reuse.
         self._spare: "OrderedDict[tuple, list[torch.Tensor]]" = OrderedDict()
 
-    def add(self, model: str, owner: Hashable, start: int, units: np.ndarray) -> Iterator[Batch]:
-        """Copy `units` (unit indices start, start + 1, ... of `owner`) into their batches,
-        yielding each batch as it fills up: run it (and give it back) before taking the next,
-        and its buffer is the next one's. Iterate to the end: the array may be a shared-memory
-        view that is only valid until the caller's next message, so nothing keeps it."""
-        key = (model, tuple(units.shape[1:]))
+    def add(self, model: str, owner: Hashable, start: int, units: np.ndarray,
+            geometry=None) -> Iterator[Batch]:
+        """Copy `units` (unit indices start, start + 1, ... of `owner`; packed YUV planes of
+        `geometry` when given) into their batches, yielding each batch as it fills up: run it
+        (and give it back) before taking the next, and its buffer is the next one's. Iterate
+        to the end: the array may be a shared-memory view that is only valid until the
+        caller's next message, so nothing keeps it."""
+        shape = tuple(units.shape[1:])
+        key = (model, shape, geometry)
         copied = 0
         while copied < len(units):
             batch = self._open.get(key)
             if batch is None:
-                batch = self._open[key] = Batch(model, self._buffer(key))
+                batch = self._open[key] = Batch(model, self._buffer((model, shape)), geometry)
             count = min(len(units) - copied, self.batch_size - batch.fill)
             np.copyto(batch.buffer[batch.fill:batch.fill + count].numpy(),
                       units[copied:copied + count])

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, DEFAULT_VIDEO_TIMEOUT, PRECISIONS
+from .config import (DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, DEFAULT_VIDEO_TIMEOUT, PRECISIONS,
+                     SCALE_ON)
 from .errors import HeroFeaturesError, OutputsStopped, UsageError, VideoFailed
 
 EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32: the reference's precision (CLIP in fp16 on CUDA, as the "
                         "reference ran it); fp16/bf16: autocast every model, faster, parity "
                         "in docs/benchmarks.md")
+    e.add_argument("--scale-on", "--scale_on", dest="scale_on", choices=SCALE_ON,
+                   default="cpu",
+                   help="where the picked frames are scaled and converted to RGB: cpu (the "
+                        "decode workers' FFmpeg graph) or device (the workers send YUV "
+                        "planes and the models' device repeats libswscale's integer "
+                        "arithmetic: the same bytes, less decode CPU; videos it does not "
+                        "cover are scaled on the CPU, counted in the summary); default cpu "
+                        "(docs/device-scale.md)")
     e.add_argument("--no_progress", "--no-progress", action="store_true",
                    help="no progress bar (the summary is still printed)")
     e.add_argument("--no_download", "--no-download", action="store_true",

@@ -20,6 +20,10 @@ from .errors import UsageError
 # did); fp16 / bf16 run every model under autocast, trading parity for speed (see
 # docs/benchmarks.md for what each keeps). device_runner maps them to torch dtypes.
 PRECISIONS = ("fp32", "fp16", "bf16")
+# --scale-on: where the picked frames are scaled and converted to rgb24. "cpu": the decode
+# graph in the decode workers (libswscale); "device": the workers send YUV planes and the
+# models' device replays libswscale's integer arithmetic (devicescale.py), the same bytes.
+SCALE_ON = ("cpu", "device")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_DECODE_WORKERS = 2
 DEFAULT_VIDEO_TIMEOUT = 300.0  # seconds a video's decoder may go without decoding a frame
@@ -51,6 +55,7 @@ class DecodeSettings:
     target_fps: int = 30
     min_num_features: int = 1
     threads: int = 0  # FFmpeg decoder threads per video (0 = FFmpeg's choice)
+    scale_on: str = "cpu"  # SCALE_ON
 
 
 def input_groups(specs: Sequence) -> list[InputGroup]:
@@ -95,6 +100,7 @@ class RunConfig:
     output_dir: Path = Path("output")
     progress: bool = True
     precision: str = "fp32"
+    scale_on: str = "cpu"  # SCALE_ON
     # Filled in by the command line before the run: model -> the checkpoint file it hashed
     # for the record (so the run loads that very file), and model -> the record itself.
     checkpoints: dict = field(default_factory=dict)
@@ -104,7 +110,8 @@ class RunConfig:
     def decode_settings(self) -> DecodeSettings:
         return DecodeSettings(clip_len=self.clip_len, target_fps=self.target_fps,
                               min_num_features=self.min_num_features,
-                              threads=decoder_threads(self.decode_workers))
+                              threads=decoder_threads(self.decode_workers),
+                              scale_on=self.scale_on)
 
 
 # == checks shared by the command line and the Python API ==========================================
@@ -130,7 +137,7 @@ def model_list(values) -> list[str]:
 
 def check_run(models: Sequence[str], clip_len_text, *, batch_size: int, decode_workers: int,
               target_fps: int, min_num_features: int, video_timeout: float,
-              precision: str = "fp32") -> Fraction:
+              precision: str = "fp32", scale_on: str = "cpu") -> Fraction:
     """Every setting no run can use, refused before anything starts (UsageError, in the
     command line's words); returns clip_len as an exact fraction."""
     from .models import get_spec
@@ -148,6 +155,8 @@ def check_run(models: Sequence[str], clip_len_text, *, batch_size: int, decode_w
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{precision!r}")
+    if scale_on not in SCALE_ON:
+        raise UsageError(f"--scale-on must be one of {', '.join(SCALE_ON)}, got {scale_on!r}")
     specs = [get_spec(m) for m in models]
     _check_numbers(clip_len, clip_len_text, specs, batch_size, target_fps, video_timeout)
     if any(spec.unit == "clip" for spec in specs):

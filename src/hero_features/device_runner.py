@@ -10,7 +10,7 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .batcher import Batch
 from .config import RunConfig
+from .devicescale import rgb_from_packed
 from .errors import UsageError, WeightsError
 from .models import get_spec
 from .weights import resolve_checkpoint, short_reason
@@ -25,22 +26,25 @@ from .weights import resolve_checkpoint, short_reason
 # --precision name -> the autocast dtype (None: no autocast, the reference's fp32).
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# The seam for device-side scaling: units that arrive as something else than the uint8
-# rgb24 units `preprocess` takes (e.g. YUV planes) are turned into them on the device,
-# (model, units on the device) -> rgb24 uint8 units. None: they arrive as rgb24.
-ToRgb = Optional[Callable[[str, torch.Tensor], torch.Tensor]]
+
+def rgb_units(packed: torch.Tensor, geometry) -> torch.Tensor:
+    """Packed YUV units on the device, frames (B, P) or clips (B, T, P), -> the rgb24 units
+    the CPU decode graph would have sent, (B, h, w, 3) or (B, T, h, w, 3)."""
+    frames = rgb_from_packed(packed.reshape(-1, packed.shape[-1]), geometry)
+    return frames.reshape(*packed.shape[:-1], *frames.shape[1:])
 
 
 def device_features(spec, module, host: torch.Tensor, device: torch.device,
-                    autocast_dtype=None, to_rgb: ToRgb = None) -> torch.Tensor:
-    """One batch of uint8 units -> (B, D) float16 features on the device: normalisation,
-    model (under autocast for --precision fp16/bf16), L2 where the model asks, the cast the
+                    autocast_dtype=None, geometry=None) -> torch.Tensor:
+    """One batch of uint8 units -> (B, D) float16 features on the device: the scale and
+    conversion of packed YUV units (`geometry`, --scale-on device), normalisation, model
+    (under autocast for --precision fp16/bf16), L2 where the model asks, the cast the
     reference saved with."""
     with torch.inference_mode():
+        units = host.to(device, non_blocking=True)
+        if geometry is not None:
+            units = rgb_units(units, geometry)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            units = host.to(device, non_blocking=True)
-            if to_rgb is not None:
-                units = to_rgb(spec.name, units)
             features = module(spec.preprocess(units)).float()
         if spec.l2_normalize:
             features = F.normalize(features, dim=1)
@@ -105,17 +109,16 @@ class _Launched:
 
 
 class DeviceRunner:
-    """Runs fixed-shape batches on one device (on the CPU, unit by unit). `launch` starts a batch and returns the one
-    launched before it, collected: on a GPU the copy back and the caller's bookkeeping
+    """Runs fixed-shape batches on one device (on the CPU, unit by unit). `launch` starts a
+    batch and returns the one launched before it, collected: on a GPU the copy back and the caller's bookkeeping
     overlap with compute; on the CPU a batch is collected at once."""
 
     def __init__(self, specs: dict, models: dict, device: torch.device,
-                 precision: str = "fp32", to_rgb: ToRgb = None):
+                 precision: str = "fp32"):
         self.specs = specs  # model -> ModelSpec
         self.models = models  # model -> module on `device`
         self.device = device
         self.autocast_dtype = AUTOCAST[precision]
-        self.to_rgb = to_rgb
         # model -> seconds in its batches; every model from the start, so that another
         # thread may copy it while batches run (no key is ever added).
         self.model_seconds: dict[str, float] = {name: 0.0 for name in models}
@@ -141,13 +144,13 @@ class DeviceRunner:
             spec, module = self.specs[batch.model], self.models[batch.model]
             if cuda:  # the fixed shape: padding rows included
                 features = device_features(spec, module, batch.buffer, self.device,
-                                           self.autocast_dtype, self.to_rgb)
+                                           self.autocast_dtype, batch.geometry)
             else:
                 # On the CPU the fixed shape is one unit: batching buys no speed there
                 # (docs/benchmarks.md), and padding would cost whole forward passes.
                 features = torch.cat([
                     device_features(spec, module, batch.buffer[i:i + 1], self.device,
-                                    self.autocast_dtype, self.to_rgb)
+                                    self.autocast_dtype, batch.geometry)
                     for i in range(batch.fill)])
             if cuda:
                 rows = torch.empty(features.shape, dtype=torch.float16, pin_memory=True)

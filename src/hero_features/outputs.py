@@ -165,6 +165,8 @@ class Summary:
     video_seconds: float = 0.0
     rows: dict = field(default_factory=dict)  # model -> feature rows written
     model_seconds: dict = field(default_factory=dict)  # model -> seconds spent in its forward
+    # --scale-on device: why videos were scaled by the CPU graph instead -> how many
+    scaled_on_cpu: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     shard: str = ""  # "K/N" with --shard: named in the summary, so job-array logs say which
     allocator: str = ""  # the malloc the run's process uses (allocator.describe)
@@ -179,6 +181,11 @@ class Summary:
         if self.warned:
             out.insert(1, f"  {self.warned} of the done came from damaged streams (warning "
                           f"lines in the failure log)")
+        if self.scaled_on_cpu:
+            count = sum(self.scaled_on_cpu.values())
+            why = "; ".join(f"{reason} ({n})" for reason, n in sorted(self.scaled_on_cpu.items()))
+            out.insert(1, f"  {count} of the done were scaled on the CPU, not the device "
+                          f"(same features): {why}")
         for model, rows in sorted(self.rows.items()):
             busy = self.model_seconds.get(model, 0.0)
             rate = f", {rows / busy:.1f} rows/s while running" if busy > 0 else ""

@@ -20,7 +20,7 @@ from .assembler import VideoAssembler, VideoResult
 from .batcher import Batch, Batcher
 from .config import InputGroup, Job, RunConfig, active_groups, input_groups
 from .device_runner import DeviceRunner, Finished
-from .messages import Done, End, Failed, Info, Units, Warned
+from .messages import Done, End, Failed, Info, ScaledOnCpu, Units, Warned
 from .outputs import FailureLog, Summary
 from .progress import VideoProgress
 from .reporter import OnFinish, Reporter
@@ -66,7 +66,7 @@ class Pipeline:
                     if model in video.job.outputs:
                         start = video.reserve(model, len(message.units))
                         for batch in self.batcher.add(model, message.video_id, start,
-                                                      message.units):
+                                                      message.units, message.geometry):
                             self._run(batch)
         elif isinstance(message, Info):
             if self.progress is not None:
@@ -76,6 +76,8 @@ class Pipeline:
             video.fail(message.stage, message.reason)
         elif isinstance(message, Warned):
             video.warn(message.stage, message.text)
+        elif isinstance(message, ScaledOnCpu):
+            video.scaled_on_cpu = message.reason
         elif isinstance(message, End):
             video.seconds = float(message.seconds)
         elif isinstance(message, Done):

@@ -12,8 +12,10 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .config import DecodeSettings, InputGroup
-from .messages import End, Failed, Info, Units, Warned
+from .messages import End, Failed, Info, ScaledOnCpu, Units, Warned
 from .sampling import ClipSampler
+from .swsplan import DeviceGeometry
+from .transport import DEVICE_SLOT_BYTES
 from .video import (DecodeSpec, VideoError, VideoInfo, assess, decode_container, open_video,
                     probe_container)
 
@@ -107,17 +109,57 @@ def _too_short(report, groups: Sequence[InputGroup], active: list[int],
             f"reference samples")
 
 
+def _stack_arrays(frames: list) -> tuple[np.ndarray, None, None]:
+    return np.stack(frames), None, None
+
+
+def _stack_picks(picks: list) -> tuple[np.ndarray, Optional[DeviceGeometry], Optional[str]]:
+    """Device-path picks -> their packed YUV planes (n, P) and the geometry they share, or,
+    where the device path does not cover them all, the CPU graph's (n, H, W, 3), None and
+    why not."""
+    geometry = picks[0].geometry
+    if geometry is not None and all(p.geometry == geometry for p in picks):
+        return np.stack([p.packed() for p in picks]), geometry, None
+    reason = next((p.reason for p in picks if p.reason), "the frames of one clip differ in size")
+    return np.stack([p.rgb() for p in picks]), None, reason
+
+
+def _frames_per_message(geometry: Optional[DeviceGeometry]) -> int:
+    # Packed source-resolution frames are big: as many as one shared-memory slot takes.
+    if geometry is None:
+        return FRAME_CHUNK
+    return max(1, min(FRAME_CHUNK, DEVICE_SLOT_BYTES // geometry.packed_size))
+
+
 def _units(video_id: int, container, info: VideoInfo, groups: Sequence[InputGroup],
            active: list[int], settings: DecodeSettings, on_frame=None):
-    """Yield Units messages; return (frames the decode graph produced, DecodeReport)."""
+    """Yield Units (and, on the device path, ScaledOnCpu) messages; return (frames the
+    decode graph produced, DecodeReport)."""
+    device = settings.scale_on == "device"
+    stack = _stack_picks if device else _stack_arrays
     specs, routes = plan_branches([groups[i] for i in active], settings, info)
     samplers: list[Optional[ClipSampler]] = [
         ClipSampler(settings.clip_len, info.fps, info.duration, settings.target_fps,
-                    settings.min_num_features) if groups[i].unit == "clip" else None
+                    settings.min_num_features, stack) if groups[i].unit == "clip" else None
         for i in active]
-    pending: list[list[np.ndarray]] = [[] for _ in active]
+    pending: list[list] = [[] for _ in active]
     frames_seen = [0] * len(specs)
-    decoding = decode_container(container, specs, info, settings.threads, on_frame=on_frame)
+    fallback: list[str] = []  # why frames went through the CPU graph (device path), once
+
+    def message(gi: int, stacked: tuple, clip: bool):
+        units, geometry, reason = stacked
+        if reason is not None and not fallback:
+            fallback.append(reason)
+            yield ScaledOnCpu(video_id, reason)
+        yield Units(video_id, active[gi], units[None] if clip else units, geometry)
+
+    def flush_frames(gi: int):
+        if pending[gi]:
+            yield from message(gi, stack(pending[gi]), False)
+            pending[gi].clear()
+
+    decoding = decode_container(container, specs, info, settings.threads, on_frame=on_frame,
+                                scale_on=settings.scale_on)
     while True:
         try:
             branch, frame = next(decoding)
@@ -128,19 +170,27 @@ def _units(video_id: int, container, info: VideoInfo, groups: Sequence[InputGrou
         for gi, (group_branch, crop) in enumerate(routes):
             if group_branch != branch:
                 continue
-            unit = centre_crop(frame, groups[active[gi]].size) if crop else frame
-            if samplers[gi] is None:
-                pending[gi].append(unit)
-                if len(pending[gi]) >= FRAME_CHUNK:
-                    yield Units(video_id, active[gi], np.stack(pending[gi]))
-                    pending[gi].clear()
+            size = groups[active[gi]].size
+            if crop:
+                unit = frame.centre_crop(size) if device else centre_crop(frame, size)
             else:
-                for clip in samplers[gi].push(np.ascontiguousarray(unit)):
-                    yield Units(video_id, active[gi], clip[None])
+                unit = frame
+            if samplers[gi] is None:
+                geometry = unit.geometry if device else None
+                if pending[gi] and device and pending[gi][0].geometry != geometry:
+                    yield from flush_frames(gi)  # one message, one kind of unit
+                pending[gi].append(unit)
+                if len(pending[gi]) >= _frames_per_message(geometry):
+                    yield from flush_frames(gi)
+            else:
+                if not device:
+                    unit = np.ascontiguousarray(unit)
+                for clip in samplers[gi].push(unit):
+                    yield from message(gi, clip, True)
     for gi, sampler in enumerate(samplers):
         if sampler is not None:
             for clip in sampler.finish():
-                yield Units(video_id, active[gi], clip[None])
-        elif pending[gi]:
-            yield Units(video_id, active[gi], np.stack(pending[gi]))
+                yield from message(gi, clip, True)
+        else:
+            yield from flush_frames(gi)
     return sum(frames_seen), report

@@ -28,7 +28,7 @@ import numpy as np
 from .assembler import RowTable, VideoAssembler, VideoResult
 from .config import DecodeSettings, InputGroup, Job, RunConfig, active_groups, input_groups
 from .errors import StartupError, WeightsError
-from .messages import End, Failed, Units, Warned
+from .messages import End, Failed, ScaledOnCpu, Units, Warned
 from .models import get_spec
 from .outputs import FailureLog, Summary
 from .producer import decode_video_units
@@ -95,11 +95,12 @@ class _ModelActor:
     def seconds(self) -> dict:
         return dict(self.runner.model_seconds)
 
-    def forward(self, model: str, units: np.ndarray) -> tuple:
-        """(rows, None), or (None, "model: error") when the model failed on them."""
+    def forward(self, model: str, units: np.ndarray, geometry=None) -> tuple:
+        """(rows, None), or (None, "model: error") when the model failed on them. `geometry`:
+        that of packed YUV units (--scale-on device)."""
         request = _Request(len(units))
         with self.cond:
-            self.full += list(self.batcher.add(model, request, 0, units))
+            self.full += list(self.batcher.add(model, request, 0, units, geometry))
             while not request.complete:
                 if self.busy:
                     self.cond.wait()
@@ -185,6 +186,7 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Inpu
     video = VideoAssembler(Job(Path(video_path), {m: Path(p) for m, p in outputs.items()}))
     active = active_groups(groups, outputs)
     buffers: dict[int, list] = {g: [] for g in active}
+    geometries: dict[int, object] = {}  # group -> the geometry of its buffered units
     calls: list[tuple] = []  # (model, first unit index, count, ObjectRef of (rows, error))
     outstanding: list = []  # refs of calls not known to be finished
     turn = index
@@ -193,12 +195,13 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Inpu
         nonlocal turn
         units = np.concatenate(buffers[group])
         buffers[group].clear()
+        geometry = geometries.pop(group, None)
         ref = ray.put(units)  # once, shared by the models of the group
         for model in groups[group].models:
             if model in outputs:
                 actor = actors[turn % len(actors)]
                 turn += 1
-                call = actor.forward.remote(model, ref)
+                call = actor.forward.remote(model, ref, geometry)
                 calls.append((model, video.reserve(model, len(units)), len(units), call))
                 outstanding.append(call)
         # A few calls in flight let decoding overlap the models without piling up units.
@@ -213,7 +216,10 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Inpu
                                  on_frame=watch.tick):
             watch.tick()
             if isinstance(message, Units):
+                if buffers[message.group] and geometries.get(message.group) != message.geometry:
+                    send(message.group)  # one call, one kind of unit
                 buffers[message.group].append(message.units)
+                geometries[message.group] = message.geometry
                 if sum(len(u) for u in buffers[message.group]) >= batch_size:
                     send(message.group)
             elif isinstance(message, Failed):
@@ -221,6 +227,8 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Inpu
                 break
             elif isinstance(message, Warned):
                 video.warn(message.stage, message.text)
+            elif isinstance(message, ScaledOnCpu):
+                video.scaled_on_cpu = message.reason
             elif isinstance(message, End):
                 video.seconds = float(message.seconds)
     finally:

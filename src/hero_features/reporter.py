@@ -44,6 +44,9 @@ class Reporter:
                 self.summary.video_seconds += result.seconds
                 for model, rows in result.rows.items():
                     self.summary.rows[model] = self.summary.rows.get(model, 0) + rows
+                if result.scaled_on_cpu is not None:
+                    reasons = self.summary.scaled_on_cpu
+                    reasons[result.scaled_on_cpu] = reasons.get(result.scaled_on_cpu, 0) + 1
                 if result.warnings:  # logged once the features exist, never for a failure
                     self.summary.warned += 1
                     for stage, text in result.warnings:

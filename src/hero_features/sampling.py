@@ -136,7 +136,7 @@ class ClipSampler:
     """
 
     def __init__(self, clip_len: Fraction, src_fps: int, duration: float | None,
-                 target_fps: int = 30, min_num_features: int = 1):
+                 target_fps: int = 30, min_num_features: int = 1, stack=np.stack):
         if min_num_features < 1 or target_fps % min_num_features:
             # The reference asserts target_fps % min_num_features == 0 at start-up.
             raise ValueError(
@@ -146,6 +146,9 @@ class ClipSampler:
         self.src_fps = src_fps
         self.target_fps = target_fps
         self.min_num_features = min_num_features
+        # The 32 picked frames -> one clip; np.stack for arrays, the decoder's own for its
+        # device-path picks (producer.py).
+        self.stack = stack
         self.clip_frames = clip_frames(self.clip_len, target_fps)
         self.limit = max_clips(duration, self.clip_len)
         self.n_frames = 0
@@ -198,7 +201,7 @@ class ClipSampler:
         self._pending = []
         length = _short_clip_frames(len(frames), self.min_num_features)
         picks = temporal_indices(length, self.src_fps, self.target_fps)
-        return [_gather(frames[i * length:(i + 1) * length], picks)
+        return [self._gather(frames[i * length:(i + 1) * length], picks)
                 for i in range(self.min_num_features)]
 
     def _padded_clips(self) -> list[list[np.ndarray]]:
@@ -217,11 +220,10 @@ class ClipSampler:
         return [tail[i:i + length] for i in range(0, len(tail), length)]
 
     def _flush(self) -> list[np.ndarray]:
-        clips = [_gather(clip, self._picks) for clip in self._pending]
+        clips = [self._gather(clip, self._picks) for clip in self._pending]
         self._emitted += len(clips)
         self._pending = []
         return clips
 
-
-def _gather(frames: list[np.ndarray], picks: np.ndarray) -> np.ndarray:
-    return np.stack([frames[i] for i in picks])
+    def _gather(self, frames: list, picks: np.ndarray):
+        return self.stack([frames[i] for i in picks])

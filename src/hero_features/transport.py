@@ -25,6 +25,9 @@ from .messages import Units
 # 32 cropped 224x224 frames (one SlowFast/S3D clip) are 4.6 MiB and 16 uncropped 16:9 frames
 # at 224 lines 4.1 MiB; 8 MiB leaves room for wider frames and for CLIP RN50x4's 288.
 SLOT_BYTES = 8 << 20
+# --scale-on device sends source-resolution YUV planes: one 32-frame clip of 1280x720 4:2:0
+# is 42 MiB; larger clips (1080p: 95 MiB) go through the pipe.
+DEVICE_SLOT_BYTES = 48 << 20
 SLOTS = 4
 # Arenas are named after the main process, so a segment left in /dev/shm (only a SIGKILLed
 # run can leave one) says whose it was: /dev/shm/hero-features-<pid>-<random>.
@@ -40,17 +43,22 @@ class SlotRef:
     dtype: str
 
 
-def arena_bytes() -> int:
-    return SLOT_BYTES * SLOTS
+def slot_bytes(scale_on: str = "cpu") -> int:
+    """The slot size for the units a run's decoders send (config.SCALE_ON)."""
+    return DEVICE_SLOT_BYTES if scale_on == "device" else SLOT_BYTES
 
 
-def shm_room(workers: int, path: str = "/dev/shm") -> Optional[str]:
+def arena_bytes(slot_bytes: int = SLOT_BYTES) -> int:
+    return slot_bytes * SLOTS
+
+
+def shm_room(workers: int, path: str = "/dev/shm", slot_bytes: int = SLOT_BYTES) -> Optional[str]:
     """None when /dev/shm can hold every worker's arena with room to spare, else why not.
 
     Asks for twice the arenas' size, so other users of /dev/shm keep room; `Arena` then
     reserves its pages, which catches a /dev/shm that fills up in between.
     """
-    need = workers * arena_bytes()
+    need = workers * arena_bytes(slot_bytes)
     try:
         stats = os.statvfs(path)
     except OSError as exc:
@@ -78,13 +86,14 @@ class Arena:
     """The main process's side of one worker's arena. Raises OSError when /dev/shm cannot
     hold it."""
 
-    def __init__(self) -> None:
+    def __init__(self, slot_bytes: int = SLOT_BYTES) -> None:
+        self.slot_bytes = slot_bytes
         self.shm = shared_memory.SharedMemory(
             name=f"{ARENA_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
-            size=arena_bytes())
+            size=arena_bytes(slot_bytes))
         self.name = self.shm.name
         try:
-            _reserve(self.name, arena_bytes())
+            _reserve(self.name, arena_bytes(slot_bytes))
         except OSError:
             self.close()
             raise
@@ -92,7 +101,7 @@ class Arena:
     def view(self, ref: SlotRef) -> np.ndarray:
         """The array in place: valid until its slot is handed back."""
         return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=self.shm.buf,
-                          offset=ref.slot * SLOT_BYTES)
+                          offset=ref.slot * self.slot_bytes)
 
     def close(self) -> None:
         try:
@@ -108,14 +117,15 @@ class Arena:
 class SlotWriter:
     """The worker's side: put units into free slots, take slots back as they are released."""
 
-    def __init__(self, arena_name: str, credits) -> None:
+    def __init__(self, arena_name: str, credits, slot_bytes: int = SLOT_BYTES) -> None:
+        self.slot_bytes = slot_bytes
         self.shm = shared_memory.SharedMemory(name=arena_name)
         self.credits = credits  # read end of the pipe the main process returns slots on
         self.free = list(range(SLOTS))
 
     def pack(self, message: tuple) -> tuple:
         """The message to send: units moved into a slot when they fit, else unchanged."""
-        if not isinstance(message, Units) or message.units.nbytes > SLOT_BYTES:
+        if not isinstance(message, Units) or message.units.nbytes > self.slot_bytes:
             return message
         units = message.units
         while self.credits.poll():
@@ -124,7 +134,7 @@ class SlotWriter:
             self.free.append(self.credits.recv())  # every slot is queued: wait for the reader
         slot = self.free.pop()
         target = np.ndarray(units.shape, units.dtype, buffer=self.shm.buf,
-                            offset=slot * SLOT_BYTES)
+                            offset=slot * self.slot_bytes)
         target[...] = units
         del target  # no view may outlive the mapping
         return message._replace(units=SlotRef(slot, units.shape, units.dtype.str))

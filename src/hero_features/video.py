@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Generator, NamedTuple, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import av
 import av.error
@@ -29,18 +29,47 @@ from .swsplan import DeviceGeometry, frame_geometry, pack_planes, quarter_turn
 from .timeline import FpsSelector, InputClock, OutputSync, parse_rate, stream_facts
 
 
-class DevicePathUnavailable(Exception):
-    """This video's frames cannot go to the device as YUV planes (a pixel format, colour
-    matrix or rotation the device path does not reproduce, or a graph the CLI rebuilt
-    mid-stream): the caller decodes it through the CPU graph instead. str() says why."""
+class DevicePick:
+    """A picked frame on the device path (decode_container's scale_on="device").
 
+    `geometry` says how the device turns `packed()` (the frame's YUV planes, one after
+    another) into the CPU path's pixels (devicescale.rgb_from_packed); it is None where the
+    device path does not reproduce the CPU graph (a pixel format, colour matrix or rotation
+    it does not cover, or a graph the CLI rebuilt mid-stream), and `reason` says why. `rgb()`
+    is always the CPU path's array for the same pick, so a caller can mix the two.
+    Holds the decoded frame (not a copy of its planes) until the pick is dropped.
+    """
 
-class DeviceFrame(NamedTuple):
-    """A picked frame for the device path: its YUV planes packed (swsplan.pack_planes) and
-    the geometry that turns them into the CPU path's pixels (devicescale.rgb_from_packed)."""
+    __slots__ = ("_picture", "_branch", "_render", "geometry", "reason", "_crop")
 
-    packed: np.ndarray
-    geometry: DeviceGeometry
+    def __init__(self, picture: "_Picture", branch: "_Branch", render: "_Renderer",
+                 geometry: Optional[DeviceGeometry], reason: Optional[str],
+                 crop: Optional[int] = None):
+        self._picture, self._branch, self._render = picture, branch, render
+        self.geometry, self.reason, self._crop = geometry, reason, crop
+
+    def packed(self) -> np.ndarray:
+        """The frame's Y, U and V planes packed (1-D uint8); only where `geometry` is set."""
+        if self.geometry is None:
+            raise ValueError(f"no device path for this frame: {self.reason}")
+        return pack_planes(self._picture.frame)
+
+    def rgb(self) -> np.ndarray:
+        """The CPU graph's rgb24 array for this pick (read-only, as decode's)."""
+        rgb = self._render(self._picture, self._branch)
+        if self._crop is not None:
+            h, w = rgb.shape[:2]
+            x, y = crop_offset(w, h, self._crop)
+            rgb = rgb[y:y + self._crop, x:x + self._crop]
+        return rgb
+
+    def centre_crop(self, size: int) -> "DevicePick":
+        """The same pick cropped to size x size in the middle, as the crop filter does."""
+        if self._crop is not None:
+            raise ValueError("this pick is cropped already")
+        geometry = None if self.geometry is None else self.geometry.centre_crop(size)
+        return DevicePick(self._picture, self._branch, self._render, geometry, self.reason,
+                          size)
 
 
 class VideoError(Exception):
@@ -420,6 +449,8 @@ class _Renderer:
     def __init__(self, time_base: Fraction):
         self.time_base = time_base
         self.scalers: dict[tuple, _Scaler] = {}
+        # (frame shape key + output dims) -> (DeviceGeometry or None, why not)
+        self.geometries: dict[tuple, tuple] = {}
 
     def __call__(self, picture: _Picture, branch: _Branch) -> np.ndarray:
         spec, (width, height) = branch.spec, branch.dims
@@ -444,29 +475,22 @@ class _Renderer:
             rgb = rgb[y:y + spec.size, x:x + spec.size]
         return rgb
 
-    def device_frame(self, picture: _Picture, branch: _Branch) -> DeviceFrame:
-        """The picture as the device path takes it, or DevicePathUnavailable."""
+    def device_pick(self, picture: _Picture, branch: _Branch) -> DevicePick:
+        """The picture as the device path takes it: with its geometry, or without and why."""
         if picture.graph > 0:
-            raise DevicePathUnavailable("the frames change size, format or orientation "
-                                        "mid-stream (the CLI rebuilt its graph)")
-        packed = picture.scaled.get("yuv")
-        if packed is None:
+            return DevicePick(picture, branch, self, None, "the frames change size, format "
+                              "or orientation mid-stream (the CLI rebuilt its graph)")
+        key = picture.shape_key() + branch.dims
+        known = self.geometries.get(key)
+        if known is None:
             turn = quarter_turn(rotation_filters(picture.matrix))
             geometry = frame_geometry(picture.frame, turn, *branch.dims)
             reason = geometry.unsupported()
-            if reason is not None:
-                raise DevicePathUnavailable(reason)
-            packed = picture.scaled["yuv"] = (pack_planes(picture.frame), geometry)
-            packed[0].flags.writeable = False
-        planes, geometry = packed
-        if geometry.out_w != branch.dims[0] or geometry.out_h != branch.dims[1]:
-            geometry = frame_geometry(picture.frame, geometry.rotation, *branch.dims)
-            reason = geometry.unsupported()
-            if reason is not None:
-                raise DevicePathUnavailable(reason)
-        if branch.spec.crop:
+            known = self.geometries[key] = (None if reason else geometry, reason)
+        geometry, reason = known
+        if geometry is not None and branch.spec.crop:
             geometry = geometry.centre_crop(branch.spec.size)
-        return DeviceFrame(planes, geometry)
+        return DevicePick(picture, branch, self, geometry, reason)
 
 
 @dataclass
@@ -653,9 +677,9 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     may keep few of the frames). The arrays are read-only views: several outputs can share
     one. Raises VideoError when the pixel conversion fails.
 
-    scale_on="device": instead of RGB arrays, yield DeviceFrame values (the picked frames'
-    YUV planes and how to convert them), for the device to scale and convert; raises
-    DevicePathUnavailable, possibly after some frames, when a frame cannot go that way.
+    scale_on="device": instead of RGB arrays, yield DevicePick values (the picked frames'
+    YUV planes and how to convert them, for the device to scale and convert, or, where the
+    device path does not reproduce the CPU graph, only the CPU graph's array).
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -673,7 +697,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     default_step = 1 / float(rate) if rate else 0.0
     branches = [_Branch(spec, info, time_base) for spec in specs]
     render = _Renderer(time_base)
-    output = render.device_frame if scale_on == "device" else render
+    output = render.device_pick if scale_on == "device" else render
     clock = InputClock(facts)
     shape = None
     rebuilds = 0

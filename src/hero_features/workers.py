@@ -33,7 +33,7 @@ from .config import DecodeSettings, InputGroup
 from .messages import Done, Failed, Info, Started, Units
 from .producer import decode_video_units
 from .signals import blocked, exit_text, ignore_stop_signals, start_resource_tracker
-from .transport import Arena, SlotRef, SlotWriter, shm_room
+from .transport import Arena, SlotRef, SlotWriter, shm_room, slot_bytes
 
 # A worker is not timed while it starts (a spawned interpreter importing numpy and PyAV can
 # take seconds on a loaded machine); only one that never starts at all is given up on.
@@ -119,7 +119,8 @@ def _worker_main(jobs, conn, groups, settings, decode_fn, arena_name, credits,
         # A main process killed with SIGKILL cannot stop us, and an idle worker would wait
         # on its job queue forever (it holds that queue's write end itself).
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
-    writer = SlotWriter(arena_name, credits) if arena_name else None
+    writer = SlotWriter(arena_name, credits, slot_bytes(settings.scale_on)) if arena_name \
+        else None
     try:
         while True:
             item = jobs.get()
@@ -284,14 +285,15 @@ class DecodePool:
         workers = max(1, workers)
         start_resource_tracker()  # before any shared memory or process: see signals.py
         # Why units go through the pipes although shared memory was asked for, or None.
-        self.transport_note = shm_room(workers) if shared_memory else None
+        slot = slot_bytes(settings.scale_on)
+        self.transport_note = shm_room(workers, slot_bytes=slot) if shared_memory else None
         # One arena per worker, kept when the worker is replaced: a killed worker writes
         # nothing more, so its successor can start with every arena slot free.
         self.arenas: list[Arena] = []
         if shared_memory and self.transport_note is None:
             try:
                 for _ in range(workers):
-                    self.arenas.append(Arena())
+                    self.arenas.append(Arena(slot))
             except OSError as exc:  # e.g. /dev/shm filled up since shm_room looked
                 for arena in self.arenas:
                     arena.close()

@@ -39,7 +39,8 @@ def run(args) -> int:
                          decode_workers=args.num_decoding_thread,
                          target_fps=args.target_framerate,
                          min_num_features=args.min_num_features,
-                         video_timeout=args.video_timeout, precision=args.precision)
+                         video_timeout=args.video_timeout, precision=args.precision,
+                         scale_on=args.scale_on)
     if args.dataflow:
         print("note: --dataflow has no effect; decoding always streams through worker "
               "processes", file=sys.stderr)
@@ -75,7 +76,8 @@ def run(args) -> int:
         min_num_features=args.min_num_features, weights_dir=args.weights_dir,
         checkpoint=checkpoint, download=not args.no_download,
         video_timeout=args.video_timeout or None, output_dir=args.output_dir,
-        progress=not args.no_progress, precision=args.precision, checkpoints=checkpoints,
+        progress=not args.no_progress, precision=args.precision, scale_on=args.scale_on,
+        checkpoints=checkpoints,
         records=records)
     try:
         ensure_writable_dir(args.output_dir)
