@@ -160,8 +160,11 @@ def measure(cmd: list[str], env=None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def child_ours_decode(video: str, unit: str, size: int, crop: bool, clip_len: str) -> None:
+    from hero_features import allocator
     from hero_features.config import DecodeSettings, InputGroup
     from hero_features.producer import decode_video_units
+
+    allocator.use_caching_allocator()  # what a decode worker of an extract runs on
 
     groups = [InputGroup(("bench",), unit, size, crop)]
     units = 0
@@ -172,7 +175,7 @@ def child_ours_decode(video: str, unit: str, size: int, crop: bool, clip_len: st
         elif message.kind == "error":
             raise SystemExit(f"decode failed: {message}")
         del message
-    print(json.dumps({"units": units}))
+    print(json.dumps({"units": units, "allocator": allocator.describe()}))
 
 
 def child_reference(video: str, unit: str, size: int, crop: bool, clip_len: str) -> None:
@@ -216,15 +219,38 @@ def ensure_weights(weights_dir, model: str, tmp: Path) -> Path:
 
 
 def hero_features_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("hero-features")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hero_features"]
+    # What the console script runs, from the package this interpreter imports (an installed
+    # console script can be older than a checkout on PYTHONPATH).
+    return [sys.executable, "-m", "hero_features"]
+
+
+def allocator_env(choice: str) -> dict:
+    env = dict(os.environ)
+    env.pop("HERO_FEATURES_ALLOCATOR", None)
+    if choice != "auto":
+        env["HERO_FEATURES_ALLOCATOR"] = choice
+    return env
+
+
+def allocator_used(result: dict) -> str:
+    """The allocator a run reported: the extract's summary line, the decode child's json."""
+    for line in result["stderr"].splitlines():
+        if line.startswith("allocator: "):
+            return line.split(": ", 1)[1]
+    try:
+        return json.loads(result["stdout"].strip().splitlines()[-1]).get("allocator", "?")
+    except (ValueError, IndexError, AttributeError):
+        return "?"
 
 
 def run_ours(mode: str, model: str, video: Path, args, tmp: Path, weights: Path | None) -> dict:
     unit, size, crop = geometry(model)
     if mode == "decode-only":
-        return measure([sys.executable, __file__, "--child", "ours-decode", "--video", str(video),
-                        "--geometry", f"{unit}:{size}:{int(crop)}", "--clip-len", args.clip_len])
+        result = measure([sys.executable, __file__, "--child", "ours-decode", "--video",
+                          str(video), "--geometry", f"{unit}:{size}:{int(crop)}", "--clip-len",
+                          args.clip_len], env=allocator_env(args.allocator))
+        result["allocator"] = allocator_used(result)
+        return result
     folder = tmp / f"in-{video.stem}"
     folder.mkdir(exist_ok=True)
     link = folder / video.name
@@ -237,9 +263,10 @@ def run_ours(mode: str, model: str, video: Path, args, tmp: Path, weights: Path 
         "--num_decoding_thread", str(args.workers), "--no_progress", "--overwrite"]
     if args.batch_size:
         cmd += ["--batch_size", str(args.batch_size)]
-    env = dict(os.environ)
+    env = allocator_env(args.allocator)
     env.update(item.split("=", 1) for item in args.env)
     result = measure(cmd, env=env)
+    result["allocator"] = allocator_used(result)
     if result["rc"] == 0:
         outputs = list(out.rglob("*.npz"))
         result["outputs"] = [str(p) for p in outputs]
@@ -292,6 +319,10 @@ def main(argv=None) -> int:
                     help="--batch_size of the extract (default: the CLI's)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the extract, e.g. MALLOC_MMAP_THRESHOLD_=131072")
+    ap.add_argument("--allocator", default="auto",
+                    help="HERO_FEATURES_ALLOCATOR for ours: auto (as users run it: tcmalloc "
+                         "where installed), system, or a library path; decode-only mode "
+                         "preloads it as an extract's decode workers get it")
     ap.add_argument("--weights_dir", "--weights-dir", type=Path,
                     help="checkpoint folder (default: generate a synthetic one in a temp dir)")
     ap.add_argument("--video-dir", type=Path, help="cache folder of make_videos.py")
@@ -334,7 +365,8 @@ def main(argv=None) -> int:
             results["ours"].append(ours)
             print(f"  ours      {seconds:>5} s: maxrss {_mib(ours['maxrss'])} MiB  tree "
                   f"{_mib(ours['tree'])} MiB ({ours['tree_processes']} processes)  "
-                  f"wall {ours['wall']:6.1f} s  load {loadavg()}", flush=True)
+                  f"wall {ours['wall']:6.1f} s  load {loadavg()}  allocator "
+                  f"{ours['allocator']}", flush=True)
             if args.no_reference:
                 continue
             ref = run_reference(args.model, video, args)

@@ -5,7 +5,7 @@ from pathlib import Path
 # A checkout runs without installing the package (the container mounts it at /src).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hero_features.legacy import extract_main  # noqa: E402
+from hero_features.legacy import extract_script  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(extract_main("mil-nce"))
+    sys.exit(extract_script("mil-nce"))

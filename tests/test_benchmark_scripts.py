@@ -29,7 +29,8 @@ def test_gpu_script_smoke_runs_on_cpu(synthetic_checkpoints):
 def test_every_benchmark_script_imports_and_parses_its_arguments():
     """The benchmarks are run by hand, rarely: keep each one at least importable."""
     scripts = sorted((ROOT / "benchmarks").glob("*.py"))
-    assert len(scripts) >= 6 and ROOT / "benchmarks" / "device_scale.py" in scripts
+    assert len(scripts) >= 8 and {ROOT / "benchmarks" / name for name in
+                                  ("device_scale.py", "cpu_allocator.py")} <= set(scripts)
     for script in scripts:
         result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                                 text=True, timeout=120, cwd=ROOT)

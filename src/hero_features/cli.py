@@ -10,7 +10,6 @@ statuses in one place (exit_status_of); nothing here imports torch (`--help`, `g
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from .errors import HeroFeaturesError, OutputsStopped, UsageError, VideoFailed
 EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 __all__ = ["EXIT_FAILED_VIDEOS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError",
-           "build_parser", "exit_status_of", "main"]
+           "build_parser", "console_main", "exit_status_of", "main"]
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="M",
@@ -59,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames or clips per forward pass, across videos")
     e.add_argument("--num_decoding_thread", "--num-decoding-thread", type=int,
                    default=DEFAULT_DECODE_WORKERS,
-                   help="decode worker processes (0 decodes in the main process)")
+                   help="decode worker processes (default %(default)s; 0 decodes in the main "
+                        "process). Each worker gets cores/N FFmpeg threads (at least 1); with "
+                        "0, FFmpeg picks. Models on a CPU use torch's default of one thread "
+                        "per physical core (set OMP_NUM_THREADS to change it; fewer can be "
+                        "faster on a machine busy with other work: docs/benchmarks.md)")
     e.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda if "
                                                   "torch sees one, else cpu)")
     e.add_argument("--gpus", metavar="all|0,1,3",
@@ -200,23 +203,10 @@ def exit_status_of(exc: HeroFeaturesError) -> int:
     return EXIT_FAILED_VIDEOS if isinstance(exc, (VideoFailed, OutputsStopped)) else EXIT_USAGE
 
 
-def _return_freed_batches_to_the_os() -> None:
-    """glibc raises its mmap threshold as large blocks are freed, after which every batch
-    buffer is carved from the heap and the peak RSS creeps up over the first batches
-    (docs/benchmarks.md). A fixed threshold keeps batch-sized blocks mmapped and returned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .signals import Interrupted, exit_status, stop_on_signals
 
     args = build_parser().parse_args(argv)
-    if args.command == "extract":
-        _return_freed_batches_to_the_os()
     module, function = COMMANDS[args.command]
     with stop_on_signals():  # SIGTERM and SIGHUP stop a run as Ctrl-C does
         try:
@@ -235,5 +225,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return exit_status(exc)
 
 
+def console_main() -> int:
+    """The `hero-features` program (console script, `python -m hero_features`). An extract
+    first restarts itself under the caching allocator (allocator.py); main() never does,
+    since it is also called in-process."""
+    if sys.argv[1:2] == ["extract"]:
+        from .allocator import AllocatorError, use_caching_allocator
+
+        try:
+            use_caching_allocator()
+        except AllocatorError as exc:
+            print(f"hero-features: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -76,7 +76,9 @@ def decoder_threads(workers: int, cores: Optional[int] = None) -> int:
     """FFmpeg threads per video: with several decode processes filling the cores, FFmpeg's
     automatic frame threading only adds contention (measured in docs/benchmarks.md), so each
     worker gets a fair share; decoding in the main process (0 workers) leaves it to FFmpeg."""
-    cores = cores or os.cpu_count() or 1
+    if cores is None:  # the CPUs this process may use (a cpuset or taskset can be fewer)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            os.cpu_count() or 1
     return max(1, cores // workers) if workers > 0 else 0
 
 

@@ -258,6 +258,19 @@ def _rn50x4_csv(csv_file: Path, folder: Path) -> Path:
     return derived
 
 
+def extract_script(pipeline: str) -> int:
+    """The reference's extract.py run as a program: like `hero-features extract`, it first
+    restarts itself under the caching allocator (allocator.py); extract_main never does."""
+    from .allocator import AllocatorError, use_caching_allocator
+
+    try:
+        use_caching_allocator()
+    except AllocatorError as exc:
+        print(f"{_prog(pipeline, 'extract.py')}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return extract_main(pipeline)
+
+
 def extract_main(pipeline: str, argv: Optional[Sequence[str]] = None) -> int:
     from .cli import main as cli_main
 

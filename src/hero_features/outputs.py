@@ -169,6 +169,7 @@ class Summary:
     scaled_on_cpu: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     shard: str = ""  # "K/N" with --shard: named in the summary, so job-array logs say which
+    allocator: str = ""  # the malloc the run's process uses (allocator.describe)
 
     def lines(self) -> list[str]:
         wall = max(time.monotonic() - self.started, 1e-9)
@@ -189,4 +190,6 @@ class Summary:
             busy = self.model_seconds.get(model, 0.0)
             rate = f", {rows / busy:.1f} rows/s while running" if busy > 0 else ""
             out.append(f"  {model}: {rows} feature rows, {busy:.1f} s in the model{rate}")
+        if self.allocator:
+            out.append(f"allocator: {self.allocator}")
         return out

@@ -16,6 +16,7 @@ EXIT_OK, EXIT_FAILED_VIDEOS = 0, 1
 
 
 def run(args) -> int:
+    from ..allocator import describe as describe_allocator
     from ..legacy import slowfast_opts
     from ..output_guard import Planned, folder_plan_problems
     from ..shards import parse_shard, select_shard
@@ -69,7 +70,7 @@ def run(args) -> int:
         Planned(0, job.video_path, job.outputs) for job in jobs)
     refused_ids = {id(row.outputs) for row, _ in refused}
     checkpoints, records = _records(args, models, checkpoint, clip_len) if jobs else ({}, {})
-    summary = Summary(videos=len(jobs), shard=args.shard or "")
+    summary = Summary(videos=len(jobs), shard=args.shard or "", allocator=describe_allocator())
     todo = still_to_do(jobs, records, args.overwrite, refused_ids, summary)
 
     config = RunConfig(
