@@ -1,6 +1,8 @@
 """The in-process decoder against the ffmpeg CLI graph the reference ran, and its probe."""
 from __future__ import annotations
 
+import gc
+
 import shutil
 import subprocess
 from fractions import Fraction
@@ -150,6 +152,30 @@ def test_decoder_streams_instead_of_collecting(tmp_path):
     assert counting.packets == 100  # every packet is counted by the end
     assert read_before_first <= 20, f"{read_before_first} of 100 packets read before frame 1"
     assert read_before_first + rest > 100  # 25 -> 30 fps
+
+
+@pytest.mark.parametrize("rotation", [None, 90])
+@pytest.mark.parametrize("scale_on", ["cpu", "device"])
+def test_decoded_frames_are_freed_as_the_decoder_moves_on(tmp_path, rotation, scale_on):
+    """A decoded frame must not outlive its use: reading a frame's display matrix the plain
+    way (PyAV's side-data container) ties the two in a reference cycle that only Python's
+    cyclic collector frees, hundreds of frames later. With the collector off, the frames
+    alive mid-decode must stay few, rotated or not, on either scale path."""
+    import av
+
+    path = write_video(tmp_path / "v.mp4", 120, width=160, height=96, rotation=rotation)
+    seen = []
+    gc.collect()
+    gc.disable()
+    try:
+        for index, (_, frame) in enumerate(decode(path, [DecodeSpec("30", 64, True)],
+                                                  scale_on=scale_on)):
+            if index in (60, 100):
+                seen.append(sum(isinstance(o, av.VideoFrame) for o in gc.get_objects()))
+            del frame
+    finally:
+        gc.enable()
+    assert len(seen) == 2 and max(seen) <= 8, seen
 
 
 @pytest.mark.parametrize("content", [None, b"", b"hello, not a video\n" * 50])

@@ -146,8 +146,9 @@ class DeviceRunner:
                 features = device_features(spec, module, batch.buffer, self.device,
                                            self.autocast_dtype, batch.geometry)
             else:
-                # On the CPU the fixed shape is one unit: batching buys no speed there
-                # (docs/benchmarks.md), and padding would cost whole forward passes.
+                # On the CPU the fixed shape is one unit: batching buys little there and
+                # under glibc's malloc costs more (docs/benchmarks.md section 10), and
+                # padding would cost whole forward passes.
                 features = torch.cat([
                     device_features(spec, module, batch.buffer[i:i + 1], self.device,
                                     self.autocast_dtype, batch.geometry)

@@ -185,6 +185,33 @@ def display_matrix(frame) -> Optional[tuple[int, ...]]:
     return None
 
 
+class DisplayMatrices:
+    """Each decoded frame's display matrix, without keeping the frames alive.
+
+    Reading `frame.side_data` ties the frame and PyAV's side-data container into a reference
+    cycle, so the decoded picture (megabytes) stays allocated until Python's cyclic
+    collector runs, which in a decode loop is hundreds of frames later (measured: 720p clip
+    decoding held ~300 MB more). PyAV's `frame.rotation` reads the matrix's angle without
+    that cycle, so the full matrix is read on the first frame and again whenever the angle
+    changes; in between the previous frame's matrix is the answer. A matrix that changes
+    mid-stream without changing its angle (a display-orientation SEI toggling only a flip)
+    goes unseen (docs/fidelity.md).
+    """
+
+    def __init__(self):
+        self._angle: object = ()  # no frame seen yet
+        self._matrix: Optional[tuple[int, ...]] = None
+
+    def __call__(self, frame) -> Optional[tuple[int, ...]]:
+        try:
+            angle = frame.rotation
+        except (AttributeError, ValueError):  # an older PyAV, or a degenerate matrix
+            return display_matrix(frame)
+        if angle != self._angle:
+            self._angle, self._matrix = angle, display_matrix(frame)
+        return self._matrix
+
+
 def _display_rotation(matrix: Sequence[int]) -> float:
     """libavutil's av_display_rotation_get: counter-clockwise degrees, NaN when degenerate."""
     m = [value / 65536.0 for value in matrix]
@@ -407,9 +434,9 @@ class _Picture:
 
     __slots__ = ("frame", "matrix", "graph", "scaled")
 
-    def __init__(self, frame, graph: int):
+    def __init__(self, frame, graph: int, matrix: Optional[tuple[int, ...]]):
         self.frame = frame
-        self.matrix = display_matrix(frame)
+        self.matrix = matrix
         self.graph = graph
         self.scaled: dict[tuple, np.ndarray] = {}
 
@@ -703,6 +730,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
     shape = None
     rebuilds = 0
     matrices: set = set()
+    matrices_of = DisplayMatrices()
     shapes: set = set()
     notes: set = set()
     try:
@@ -714,7 +742,7 @@ def decode_container(container, specs: Sequence[DecodeSpec], info: VideoInfo,
                 end_time = stop.value
                 break
             _account(report, frame, time, float(time_base), default_step)
-            picture = _Picture(frame, rebuilds)
+            picture = _Picture(frame, rebuilds, matrices_of(frame))
             if shape is not None and picture.shape_key() != shape:
                 # The CLI rebuilds its filter graph when the frames change size, format or
                 # rotation: a fresh fps filter, and the frame the old one held is lost.
