@@ -9,6 +9,8 @@ producer (the units the models get) and the command line (the features they writ
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
 from fractions import Fraction
@@ -171,29 +173,43 @@ def mixed_folder(tmp_path_factory, timeline_corpus, ten_bit) -> Path:
     return folder
 
 
+def _extract(folder: Path, out: Path, weights: Path, scale_on: str, workers: str) -> int:
+    return extract("--model", "resnet,mil-nce", "--video_path", folder, "--output_dir", out,
+                   "--clip_len", "3/2", "--scale-on", scale_on, "--num_decoding_thread",
+                   workers, weights=weights)
+
+
+@pytest.fixture(scope="module")
+def cpu_run(mixed_folder, tmp_path_factory, synthetic_checkpoints) -> tuple[Path, str]:
+    """The folder through the CPU graph: the outputs, and what the run printed."""
+    out = tmp_path_factory.mktemp("cpu_run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        assert _extract(mixed_folder, out, synthetic_checkpoints, "cpu", "0") == 0
+    return out, printed.getvalue()
+
+
+def test_the_cpu_graph_run_has_no_scaled_on_cpu_line(cpu_run):
+    assert "videos: 3 done" in cpu_run[1]  # the summary was captured
+    assert "scaled on the CPU" not in cpu_run[1]
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_scale_on_device_writes_the_cpu_runs_features(mixed_folder, tmp_path, capsys,
+def test_scale_on_device_writes_the_cpu_runs_features(mixed_folder, tmp_path, capsys, cpu_run,
                                                       synthetic_checkpoints, workers):
     """Decode workers (shared-memory slots sized for packed frames) or inline decoding."""
-    outputs = {}
-    for mode in ("cpu", "device"):
-        out = tmp_path / mode
-        assert extract("--model", "resnet,mil-nce", "--video_path", mixed_folder,
-                       "--output_dir", out, "--clip_len", "3/2", "--scale-on", mode,
-                       "--num_decoding_thread", workers, weights=synthetic_checkpoints) == 0
-        outputs[mode] = out
-        printed = capsys.readouterr()
-        summary = printed.out + printed.err
-        if mode == "cpu":
-            assert "scaled on the CPU" not in summary
+    expected, _ = cpu_run
+    out = tmp_path / "device"
+    assert _extract(mixed_folder, out, synthetic_checkpoints, "device", workers) == 0
+    printed = capsys.readouterr()
     # The one line that names the videos the device path left to the CPU, and why.
-    line, = [x for x in summary.splitlines() if "scaled on the CPU" in x]
+    line, = [x for x in (printed.out + printed.err).splitlines() if "scaled on the CPU" in x]
     assert line.strip().startswith("2 of the done were scaled on the CPU, not the device")
     assert "yuv420p10le" in line and "mid-stream" in line
-    written = sorted(p.relative_to(outputs["cpu"]) for p in outputs["cpu"].rglob("*.npz"))
+    written = sorted(p.relative_to(expected) for p in expected.rglob("*.npz"))
     assert len(written) == 6
     for name in written:
-        assert np.array_equal(load(outputs["device"] / name), load(outputs["cpu"] / name)), name
+        assert np.array_equal(load(out / name), load(expected / name)), name
 
 
 def test_the_python_api_takes_scale_on(synthetic_checkpoints):

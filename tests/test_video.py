@@ -171,7 +171,7 @@ def test_decoded_frames_are_freed_as_the_decoder_moves_on(tmp_path, rotation, sc
         for index, (_, frame) in enumerate(decode(path, [DecodeSpec("30", 64, True)],
                                                   scale_on=scale_on)):
             if index in (60, 100):
-                seen.append(sum(isinstance(o, av.VideoFrame) for o in gc.get_objects()))
+                seen.append(sum(type(o) is av.VideoFrame for o in gc.get_objects()))
             del frame
     finally:
         gc.enable()
