@@ -7,14 +7,11 @@ decoding prove it by making decoding and model loading fail the test if they hap
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from fractions import Fraction

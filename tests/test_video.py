@@ -5,7 +5,6 @@ import gc
 
 import shutil
 import subprocess
-from fractions import Fraction
 from pathlib import Path
 
 import pytest

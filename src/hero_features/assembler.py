@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .config import Job
+from .messages import End, Failed, ScaledOnCpu, Warned
 
 
 @dataclass
@@ -112,6 +113,18 @@ class VideoAssembler:
 
     def warn(self, stage: str, text: str) -> None:
         self.warnings.append((stage, text))
+
+    def record(self, message) -> None:
+        """Take in what a decoder says about this video besides its units: Failed, Warned,
+        ScaledOnCpu or End (messages.py); other messages are not this method's."""
+        if isinstance(message, Failed):
+            self.fail(message.stage, message.reason)
+        elif isinstance(message, Warned):
+            self.warn(message.stage, message.text)
+        elif isinstance(message, ScaledOnCpu):
+            self.scaled_on_cpu = message.reason
+        elif isinstance(message, End):
+            self.seconds = float(message.seconds)
 
     def rows_done(self) -> int:
         """Rows every model of the video has got so far."""

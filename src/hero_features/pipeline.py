@@ -72,14 +72,8 @@ class Pipeline:
             if self.progress is not None:
                 duration = message.info.duration if message.info is not None else None
                 self.progress.begin(self._keys[message.video_id], duration)
-        elif isinstance(message, Failed):
-            video.fail(message.stage, message.reason)
-        elif isinstance(message, Warned):
-            video.warn(message.stage, message.text)
-        elif isinstance(message, ScaledOnCpu):
-            video.scaled_on_cpu = message.reason
-        elif isinstance(message, End):
-            video.seconds = float(message.seconds)
+        elif isinstance(message, (Failed, Warned, ScaledOnCpu, End)):
+            video.record(message)
         elif isinstance(message, Done):
             video.decoded = True
             self._maybe_finish(message.video_id)

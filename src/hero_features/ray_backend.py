@@ -28,7 +28,7 @@ import numpy as np
 from .assembler import RowTable, VideoAssembler, VideoResult
 from .config import DecodeSettings, InputGroup, Job, RunConfig, active_groups, input_groups
 from .errors import StartupError, WeightsError
-from .messages import End, Failed, ScaledOnCpu, Units, Warned
+from .messages import Failed, Units
 from .models import get_spec
 from .outputs import FailureLog, Summary
 from .producer import decode_video_units
@@ -222,15 +222,10 @@ def _ray_video(index: int, video_path: str, outputs: dict, groups: Sequence[Inpu
                 geometries[message.group] = message.geometry
                 if sum(len(u) for u in buffers[message.group]) >= batch_size:
                     send(message.group)
-            elif isinstance(message, Failed):
-                video.fail(message.stage, message.reason)
-                break
-            elif isinstance(message, Warned):
-                video.warn(message.stage, message.text)
-            elif isinstance(message, ScaledOnCpu):
-                video.scaled_on_cpu = message.reason
-            elif isinstance(message, End):
-                video.seconds = float(message.seconds)
+            else:
+                video.record(message)
+                if isinstance(message, Failed):
+                    break
     finally:
         watch.stop()
     if not video.failed:
