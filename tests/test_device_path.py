@@ -114,6 +114,24 @@ def ten_bit(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def colour_change(tmp_path_factory) -> Path:
+    """Two MPEG-TS segments cut together, the same size and pixel format but other colour
+    matrices (BT.709, then SMPTE 170M): no graph rebuild, but the scaler follows each frame's
+    tags."""
+    folder = tmp_path_factory.mktemp("colour_change")
+    parts = []
+    for name, matrix in (("a.ts", "bt709"), ("b.ts", "smpte170m")):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                        "testsrc2=size=160x96:rate=25:duration=2", "-c:v", "libx264",
+                        "-pix_fmt", "yuv420p", "-colorspace", matrix, "-color_range", "tv",
+                        str(folder / name)], check=True)
+        parts.append((folder / name).read_bytes())
+    path = folder / "colour_change.ts"
+    path.write_bytes(b"".join(parts))
+    return path
+
+
 def units_by_group(path, scale_on: str) -> tuple[dict, list, set]:
     """Each group's units as rgb24 (packed ones converted as the device runner does), the
     ScaledOnCpu reasons, and which kinds of Units messages came (packed or rgb24)."""
@@ -154,6 +172,14 @@ def test_a_rebuilt_graph_sends_its_later_frames_as_the_cpu_graphs(timeline_corpu
     reasons, kinds = assert_same_units(timeline_corpus["concat_resize.ts"])
     assert kinds == {"packed", "rgb24"}
     assert len(reasons) == 1 and "mid-stream" in reasons[0]
+
+
+def test_colour_tags_changing_mid_stream_are_followed(colour_change):
+    reasons, kinds = assert_same_units(colour_change)
+    # The frame models' units go packed, each message with its frames' matrix; the one clip
+    # that spans the change mixes two geometries and goes through the CPU graph.
+    assert kinds == {"packed", "rgb24"}
+    assert reasons == ["the frames of one clip differ in size or colour tags"]
 
 
 def test_a_pixel_format_the_device_path_lacks_goes_through_the_cpu_graph(ten_bit):

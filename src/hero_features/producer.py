@@ -123,7 +123,8 @@ def _stack_picks(picks: list) -> tuple[np.ndarray, Optional[DeviceGeometry], Opt
         for row, pick in zip(packed, picks):
             pick.packed(row)  # straight from the decoded frame into its row: one copy
         return packed, geometry, None
-    reason = next((p.reason for p in picks if p.reason), "the frames of one clip differ in size")
+    reason = next((p.reason for p in picks if p.reason),
+                  "the frames of one clip differ in size or colour tags")
     return np.stack([p.rgb() for p in picks]), None, reason
 
 

@@ -477,7 +477,7 @@ class _Renderer:
     def __init__(self, time_base: Fraction):
         self.time_base = time_base
         self.scalers: dict[tuple, _Scaler] = {}
-        # (frame shape key + output dims) -> (DeviceGeometry or None, why not)
+        # (frame shape key, colour tags, output dims) -> (DeviceGeometry or None, why not)
         self.geometries: dict[tuple, tuple] = {}
 
     def __call__(self, picture: _Picture, branch: _Branch) -> np.ndarray:
@@ -508,7 +508,9 @@ class _Renderer:
         if picture.graph > 0:
             return DevicePick(picture, branch, self, None, "the frames change size, format "
                               "or orientation mid-stream (the CLI rebuilt its graph)")
-        key = picture.shape_key() + branch.dims
+        frame = picture.frame
+        # The colour tags can change without a graph rebuild; the scaler follows them.
+        key = picture.shape_key() + (int(frame.color_range), int(frame.colorspace)) + branch.dims
         known = self.geometries.get(key)
         if known is None:
             turn = quarter_turn(rotation_filters(picture.matrix))
