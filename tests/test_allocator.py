@@ -183,3 +183,40 @@ def test_decode_workers_inherit_the_preload(monkeypatch):
     seen = [m.text for m in pool.messages((i, "unused", (0,)) for i in range(2))
             if m.kind == "warning"]
     assert len(seen) == 2 and all(os.path.samefile(s, TCMALLOC) for s in seen), seen
+
+
+def _non_pie_python() -> str | None:
+    """A Python executable built without PIE (ELF type EXEC), as Debian's /usr/bin/python3.11."""
+    for candidate in ("/usr/bin/python3", "/usr/bin/python3.11"):
+        try:
+            with open(candidate, "rb") as binary:
+                header = binary.read(18)
+        except OSError:
+            continue
+        if header[:4] == b"\x7fELF" and int.from_bytes(header[16:18], "little") == 2:
+            return candidate
+    return None
+
+
+@needs_tcmalloc
+def test_the_allocator_is_told_right_in_a_python_built_without_pie(tmp_path):
+    """In a non-PIE program, malloc's address is a stub inside the program itself (Debian's
+    python3 in the Docker image): the allocator must still be named, or extract would think
+    the preload failed, drop it for its decode workers and report "other"."""
+    python = _non_pie_python()
+    if python is None:
+        pytest.skip("no Python built without PIE on this machine")
+    probe = ("import importlib.util, sys\n"
+             "spec = importlib.util.spec_from_file_location('allocator', sys.argv[1])\n"
+             "module = importlib.util.module_from_spec(spec)\n"
+             "spec.loader.exec_module(module)\n"
+             "print(module.describe())\n")
+    script = tmp_path / "probe.py"
+    script.write_text(probe)
+    path = Path(allocator.__file__)
+    preloaded = subprocess.run([python, str(script), str(path)], capture_output=True, text=True,
+                               env=_env(LD_PRELOAD=str(TCMALLOC)), timeout=60)
+    plain = subprocess.run([python, str(script), str(path)], capture_output=True, text=True,
+                           env=_env(), timeout=60)
+    assert preloaded.stdout.startswith("tcmalloc ("), preloaded.stdout + preloaded.stderr
+    assert plain.stdout.startswith("system ("), plain.stdout + plain.stderr

@@ -82,16 +82,55 @@ class _DlInfo(ctypes.Structure):
                 ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
 
 
+class _DlPhdrInfo(ctypes.Structure):  # the leading fields of struct dl_phdr_info
+    _fields_ = [("dlpi_addr", ctypes.c_void_p), ("dlpi_name", ctypes.c_char_p)]
+
+
+_PHDR_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_DlPhdrInfo), ctypes.c_size_t,
+                                  ctypes.c_void_p)
+
+
+def _shared_objects(process) -> list[bytes]:
+    """The names of the loaded shared objects in the linker's order (LD_PRELOAD first)."""
+    names: list[bytes] = []
+
+    def add(info, _size, _data):
+        names.append(info.contents.dlpi_name or b"")
+        return 0
+    process.dl_iterate_phdr(_PHDR_CALLBACK(add), None)
+    return [n for n in names[1:] if n]  # the first is the program itself
+
+
+def _object_of(process, address, info: _DlInfo) -> Optional[bytes]:
+    if not address or not process.dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return info.dli_fname
+
+
 def malloc_library() -> Optional[str]:
     """The file of the shared object whose `malloc` this process calls (what the dynamic
     linker actually bound, not what was asked for), or None where that cannot be told."""
     try:
         process = ctypes.CDLL(None)
-        address = ctypes.cast(process.malloc, ctypes.c_void_p)
         info = _DlInfo()
-        if not process.dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        found = _object_of(process, ctypes.cast(process.malloc, ctypes.c_void_p), info)
+        if found is None:
             return None
-        return os.fsdecode(info.dli_fname)
+        shared = _shared_objects(process)
+        if found in shared:
+            return os.fsdecode(found)
+        # A program built without PIE (Debian 12's /usr/bin/python3.11) that takes
+        # malloc's address gets a "canonical PLT" stub, and the lookup above names the
+        # program, not the library the stub jumps to: ask the libraries in the linker's order.
+        for name in shared:
+            try:
+                library = ctypes.CDLL(os.fsdecode(name), mode=os.RTLD_NOLOAD)
+            except OSError:  # linux-vdso.so.1 and the like
+                continue
+            if _object_of(process, ctypes.cast(library.malloc, ctypes.c_void_p)
+                          if hasattr(library, "malloc") else None, info) == name:
+                return os.fsdecode(name)
+        return os.fsdecode(found)
     except (OSError, AttributeError):  # no dladdr (not glibc/musl): cannot tell
         return None
 

@@ -100,7 +100,7 @@ if build "$work/build-missing.log" --build-arg WEIGHTS_DIR=weights-missing; then
     fail "a WEIGHTS_DIR that is not in the build context did not stop the build"
 fi
 grep -q "WEIGHTS_DIR=weights-missing: no such folder in the build" "$work/build-missing.log" \
-    || fail "no WEIGHTS_DIR message; see $work/build-missing.log"
+    || { tail -30 "$work/build-missing.log" >&2; fail "no WEIGHTS_DIR message; see $work/build-missing.log"; }
 pass "missing WEIGHTS_DIR refused"
 
 step "build with WEIGHTS_DIR=$weights_name, synthetic weights (must stop on the hashes)"
