@@ -39,8 +39,9 @@ class FeatureExtractor:
     the command line does), `batch_size`, `num_decoding_thread` (decode worker processes; 0
     decodes in this process), `target_framerate`, `min_num_features`, `precision` ("fp32",
     "fp16", "bf16"), `scale_on` ("cpu", "device": --scale-on), `checkpoint` (one model
-    only), `download`, `video_timeout` (seconds; 0 or None: no limit). Errors are hero_features.HeroFeaturesError: UsageError for
-    settings no run can use, WeightsError for a checkpoint that is missing or does not fit.
+    only), `download`, `video_timeout` (seconds; 0 or None: no limit). Errors are
+    hero_features.HeroFeaturesError: UsageError for settings no run can use, WeightsError
+    for a checkpoint that is missing or does not fit.
     """
 
     def __init__(self, models: Union[str, Sequence[str]] = DEFAULT_MODELS,

@@ -110,8 +110,8 @@ class _Launched:
 
 class DeviceRunner:
     """Runs fixed-shape batches on one device (on the CPU, unit by unit). `launch` starts a
-    batch and returns the one launched before it, collected: on a GPU the copy back and the caller's bookkeeping
-    overlap with compute; on the CPU a batch is collected at once."""
+    batch and returns the one launched before it, collected: on a GPU the copy back and the
+    caller's bookkeeping overlap with compute; on the CPU a batch is collected at once."""
 
     def __init__(self, specs: dict, models: dict, device: torch.device,
                  precision: str = "fp32"):

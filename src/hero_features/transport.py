@@ -1,7 +1,8 @@
 """Decoded units from a decode worker to the main process through shared memory.
 
 Each worker gets an *arena* in /dev/shm, created and owned by the main process, cut into
-`SLOTS` slots of `SLOT_BYTES`. The worker copies a units array into a free slot and sends
+`SLOTS` slots of `SLOT_BYTES` (`DEVICE_SLOT_BYTES` with --scale-on device, whose units are
+source-resolution YUV planes). The worker copies a units array into a free slot and sends
 only a `SlotRef` (slot, shape, dtype) down its pipe; the main process reads the array in
 place, copies it into a batch and hands the slot back over a second pipe. A worker whose
 slots are all waiting to be read blocks until one comes back, so memory stays bounded just
